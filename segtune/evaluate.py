@@ -1,0 +1,122 @@
+"""Scoring a model (or saved predictions) at each annotation's original resolution.
+
+Logits are upsampled bilinearly (align_corners=False) to the mask size and reduced to an
+argmax at once, so memory holds one batch and a confusion matrix, never all the logits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .data import Sample, read_image, read_mask
+from .errors import SegtuneError
+from .metrics import ConfusionMatrix
+
+
+class EvalDataset(Dataset):
+    """Preprocessed image plus the mask at its original size."""
+
+    def __init__(self, samples: list[Sample], transform, reduce: bool, ignore_index: int):
+        self.samples, self.transform = samples, transform
+        self.reduce, self.ignore_index = reduce, ignore_index
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        s = self.samples[i]
+        pixel_values = self.transform(read_image(s.image))
+        label = torch.from_numpy(read_mask(s.mask, self.reduce, self.ignore_index))
+        return {"pixel_values": pixel_values, "labels": label, "index": i}
+
+
+def _same_shape_runs(items):
+    """Splits a batch into runs of equal input shape (images keep their aspect ratio)."""
+    run = []
+    for item in items:
+        if run and item["pixel_values"].shape != run[0]["pixel_values"].shape:
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
+
+
+def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, h, w) logits -> (H, W) class ids, as `post_process_semantic_segmentation` does."""
+    return F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model,
+    dataset: EvalDataset,
+    num_classes: int,
+    ignore_index: int = 255,
+    batch_size: int = 2,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> ConfusionMatrix:
+    """Streams the dataset through the model; returns the (rank-summed) confusion matrix."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Each rank scores every world_size-th image once (no padding repeats); matrices are summed.
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        dataset = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    cm = ConfusionMatrix(num_classes, ignore_index, device=device)
+    for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress):
+        for run in _same_shape_runs(batch):
+            pixel_values = torch.stack([item["pixel_values"] for item in run]).to(device)
+            logits = model(pixel_values=pixel_values).logits
+            for item, item_logits in zip(run, logits):
+                label = item["labels"].to(device)
+                cm.update(label, upsampled_argmax(item_logits, label.shape))
+    cm.all_reduce()
+    model.train(was_training)
+    return cm
+
+
+def evaluate_predictions(
+    samples: list[Sample], predictions_dir: Path, num_classes: int, reduce: bool, ignore_index: int = 255
+) -> ConfusionMatrix:
+    """Scores label PNGs named like the annotations against them."""
+    from tqdm.auto import tqdm
+
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    for s in tqdm(samples, desc="scoring", leave=False):
+        pred_path = predictions_dir / (s.mask.stem + ".png")
+        if not pred_path.is_file():
+            raise SegtuneError(f"{pred_path}: prediction missing for {s.mask}")
+        pred = read_mask(pred_path)
+        label = read_mask(s.mask, reduce, ignore_index)
+        if pred.shape != label.shape:
+            raise SegtuneError(
+                f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} "
+                f"but {s.mask} is {label.shape[1]}x{label.shape[0]}"
+            )
+        cm.update(torch.from_numpy(label), torch.from_numpy(pred))
+    return cm
+
+
+def format_table(metrics: dict, class_names) -> str:
+    """A plain-text table for people; metrics.json is the machine-readable twin."""
+    width = max([len(n) for n in class_names] + [8])
+    lines = [f"{'class':<{width}}  {'IoU':>7}  {'acc':>7}"]
+    for name, iou, acc in zip(class_names, metrics["per_category_iou"], metrics["per_category_accuracy"]):
+        fmt = lambda v: "    n/a" if np.isnan(v) else f"{v:7.4f}"  # noqa: E731
+        lines.append(f"{name:<{width}}  {fmt(iou)}  {fmt(acc)}")
+    lines.append("-" * (width + 18))
+    lines.append(f"{'mean IoU':<{width}}  {metrics['mean_iou']:7.4f}")
+    lines.append(f"{'mean accuracy':<{width}}  {metrics['mean_accuracy']:7.4f}")
+    lines.append(f"{'overall accuracy':<{width}}  {metrics['overall_accuracy']:7.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Colour masks, overlays, label PNGs and image | ground truth | prediction figures."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from .errors import SegtuneError
+from .labels import LabelSet, generated_palette
+
+IGNORED_COLOR = (0, 0, 0)
+
+
+def _known(label_map: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    """Pixels holding a class id that the palette covers (not ignored, not out of range)."""
+    if not np.issubdtype(label_map.dtype, np.integer):
+        raise TypeError(f"label map must hold integer class ids, got dtype {label_map.dtype}")
+    return (label_map >= 0) & (label_map < num_classes) & (label_map != ignore_index)
+
+
+def colorize(label_map: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8; ignored and out-of-palette ids are black."""
+    label_map = np.asarray(label_map)
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    known = _known(label_map, len(palette), ignore_index)
+    rgb = np.zeros((*label_map.shape, 3), dtype=np.uint8)
+    rgb[known] = palette[label_map[known]]
+    return rgb
+
+
+def _as_rgb(image) -> np.ndarray:
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image))
+    return np.asarray(image.convert("RGB"))
+
+
+def overlay(image, label_map, palette, alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:
+    """Blend the colour mask over the image with weight `alpha`; ignored pixels stay as is."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    image, label_map = _as_rgb(image), np.asarray(label_map)
+    if image.shape[:2] != label_map.shape:
+        raise SegtuneError(f"image is {image.shape[:2]} (H, W) but label map is {label_map.shape}")
+    known = _known(label_map, len(palette), ignore_index)
+    blended = np.rint((1.0 - alpha) * image + alpha * colorize(label_map, palette, ignore_index))
+    return np.where(known[..., None], blended, image).astype(np.uint8)
+
+
+def save_label_png(label_map: np.ndarray, path, palette: np.ndarray | None = None) -> None:
+    """Write class ids as pixel values, readable back exactly with np.array(Image.open(path)).
+
+    Up to 256 classes (ids 0..255, 255 usually "ignore"): a palette ('P') PNG coloured with
+    `palette` (generated if None) so it also looks right in an image viewer. More classes:
+    a 16-bit grayscale PNG (ids 0..65535; use an ignore index other than 255 then).
+    """
+    label_map = np.asarray(label_map)
+    lowest, highest = label_map.min(initial=0), label_map.max(initial=0)
+    if lowest < 0 or highest > 65535:
+        raise ValueError(f"class ids must be 0..65535 to fit a PNG, got {lowest}..{highest}")
+    if highest > 255 or (palette is not None and len(palette) > 256):
+        Image.fromarray(label_map.astype(np.uint16)).save(path)
+        return
+    colors = np.zeros((256, 3), dtype=np.uint8)  # ids with no class colour (e.g. 255): black
+    class_colors = generated_palette(255) if palette is None else np.asarray(palette, np.uint8)
+    colors[: len(class_colors)] = class_colors
+    image = Image.fromarray(label_map.astype(np.uint8))
+    image.putpalette(colors.tobytes())  # turns the 'L' image into 'P', indices unchanged
+    image.save(path)
+
+
+def comparison_figure(image, ground_truth, prediction, labels: LabelSet, path, *,
+                      ignore_index: int = 255, title: str | None = None) -> None:
+    """Save image | ground truth | prediction side by side (no ground truth: image | prediction),
+    with a legend of the classes present in either label map; ignored pixels are black."""
+    # The object-oriented API with the Agg canvas: no pyplot, so no global backend/figure state.
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    image = _as_rgb(image)
+    maps = {"ground truth": ground_truth, "prediction": prediction}
+    maps = {name: np.asarray(m) for name, m in maps.items() if m is not None}
+    for name, label_map in maps.items():
+        if label_map.shape != image.shape[:2]:
+            raise SegtuneError(f"{name} is {label_map.shape} (H, W), the image {image.shape[:2]}")
+    panels = {"image": image}
+    panels.update({name: colorize(m, labels.colors, ignore_index) for name, m in maps.items()})
+
+    present = np.unique(np.concatenate([m.ravel() for m in maps.values()]))
+    legend = [Patch(facecolor=labels.colors[i] / 255, edgecolor="0.5", label=labels.names[i])
+              for i in present if 0 <= i < len(labels) and i != ignore_index]
+    if len(legend) < len(present):  # ignore_index, or ids the label set does not cover
+        legend.append(Patch(facecolor=IGNORED_COLOR, edgecolor="0.5", label="ignored"))
+    legend_columns = max(1, min(len(legend), 3 * len(panels)))
+    legend_rows = -(-len(legend) // legend_columns)
+
+    height, width = image.shape[:2]
+    panel_inches = 4.0
+    fig = Figure(figsize=(panel_inches * len(panels),
+                          panel_inches * height / width + 0.6 + 0.25 * legend_rows),
+                 layout="constrained")
+    for ax, (name, pixels) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+        ax.imshow(pixels, interpolation="nearest")  # nearest: keep class boundaries crisp
+        ax.set_title(name)
+        ax.set_axis_off()
+    fig.legend(handles=legend, loc="outside lower center", ncols=legend_columns,
+               frameon=False, fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny SegFormer saved to disk and a tiny generated dataset."""
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def tiny_segformer(num_labels=3):
+    """A SegFormer small enough to train in seconds on 2 CPU cores."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    config = SegformerConfig(
+        num_labels=num_labels,
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 2, 2],
+        decoder_hidden_size=32,
+    )
+    return SegformerForSemanticSegmentation(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved checkpoint with a 3-class head: training on other data re-heads it."""
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-segformer")
+    tiny_segformer(3).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory):
+    """The demo generator at a small size: ADE20K layout, 0 = other, id2label.json beside it."""
+    from segtune.demo_data import generate_demo_dataset
+
+    return generate_demo_dataset(tmp_path_factory.mktemp("demo") / "data", seed=1, num_train=12, num_val=4, image_size=64)
+
+
+@pytest.fixture
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA

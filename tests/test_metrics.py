@@ -1,0 +1,107 @@
+"""The streaming confusion matrix against `evaluate`'s mean_iou algorithm and hand-computed values."""
+
+import numpy as np
+import pytest
+import torch
+
+from segtune.metrics import ConfusionMatrix, metrics_to_json
+
+
+def reference_mean_iou(preds, labels, num_labels, ignore_index):
+    """`evaluate`'s mean_iou (metrics/mean_iou/mean_iou.py), re-implemented: per-image histograms."""
+    total_i = np.zeros(num_labels)
+    total_u = np.zeros(num_labels)
+    total_p = np.zeros(num_labels)
+    total_l = np.zeros(num_labels)
+    for pred, label in zip(preds, labels):
+        mask = np.not_equal(label, ignore_index)
+        pred, label = pred[mask], label[mask]
+        intersect = pred[pred == label]
+        area_i = np.histogram(intersect, bins=num_labels, range=(0, num_labels - 1))[0]
+        area_p = np.histogram(pred, bins=num_labels, range=(0, num_labels - 1))[0]
+        area_l = np.histogram(label, bins=num_labels, range=(0, num_labels - 1))[0]
+        total_i += area_i
+        total_u += area_p + area_l - area_i
+        total_p += area_p
+        total_l += area_l
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou, acc = total_i / total_u, total_i / total_l
+        return {
+            "mean_iou": np.nanmean(iou),
+            "mean_accuracy": np.nanmean(acc),
+            "overall_accuracy": total_i.sum() / total_l.sum(),
+            "per_category_iou": iou,
+            "per_category_accuracy": acc,
+        }
+
+
+def test_hand_computed_example_with_nan_rules():
+    # classes 0..3; class 3 appears nowhere -> NaN, left out of the means; 255 ignored.
+    label = np.array([[0, 0, 1, 1], [2, 2, 255, 255]])
+    pred = np.array([[0, 1, 1, 1], [2, 0, 3, 0]])
+    cm = ConfusionMatrix(4, ignore_index=255)
+    cm.update(torch.from_numpy(label), torch.from_numpy(pred))
+    m = cm.compute()
+    # class 0: I=1, pred area {0: at (0,0),(1,1)} = 2, label area 2 -> U = 3
+    # class 1: I=2, pred area 3, label area 2 -> U = 3
+    # class 2: I=1, pred area 1, label area 2 -> U = 2
+    np.testing.assert_allclose(m["per_category_iou"][:3], [1 / 3, 2 / 3, 1 / 2])
+    assert np.isnan(m["per_category_iou"][3]) and np.isnan(m["per_category_accuracy"][3])
+    np.testing.assert_allclose(m["per_category_accuracy"][:3], [1 / 2, 1.0, 1 / 2])
+    assert m["mean_iou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert m["mean_accuracy"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert m["overall_accuracy"] == pytest.approx(4 / 6)
+    as_json = metrics_to_json(m, ["a", "b", "c", "d"])
+    assert as_json["per_category_iou"]["d"] is None
+    assert as_json["per_category_iou"]["b"] == pytest.approx(2 / 3)
+
+
+def test_class_predicted_but_absent_from_labels_has_iou_zero_not_nan():
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1]))
+    m = cm.compute()
+    assert m["per_category_iou"][2] == 0.0  # union 1, intersection 0
+    assert np.isnan(m["per_category_accuracy"][2])  # no label pixels
+
+
+def test_predictions_out_of_range_count_for_nothing():
+    # A prediction of 7 with 3 classes adds to the label's area only, as evaluate's histogram does.
+    label, pred = np.array([0, 1, 2, 2]), np.array([0, 1, 7, 2])
+    cm = ConfusionMatrix(3)
+    cm.update(torch.from_numpy(label), torch.from_numpy(pred))
+    ref = reference_mean_iou([pred], [label], 3, 255)
+    np.testing.assert_allclose(cm.compute()["per_category_iou"], ref["per_category_iou"])
+    assert cm.compute()["per_category_iou"][2] == 0.5
+
+
+@pytest.mark.parametrize("num_classes,ignore_index", [(5, 255), (150, 255), (11, 11)])
+def test_matches_reference_on_random_maps(num_classes, ignore_index):
+    rng = np.random.default_rng(num_classes)
+    preds, labels = [], []
+    for _ in range(7):
+        h, w = rng.integers(5, 40, size=2)
+        label = rng.integers(0, num_classes, size=(h, w))
+        label[rng.random((h, w)) < 0.1] = ignore_index
+        pred = np.where(rng.random((h, w)) < 0.6, label, rng.integers(0, num_classes + 2, size=(h, w)))
+        pred[pred == ignore_index] = 0
+        preds.append(pred)
+        labels.append(label)
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    for pred, label in zip(preds, labels):
+        cm.update(torch.from_numpy(label), torch.from_numpy(pred))
+    got, want = cm.compute(), reference_mean_iou(preds, labels, num_classes, ignore_index)
+    for key in ("mean_iou", "mean_accuracy", "overall_accuracy"):
+        assert got[key] == pytest.approx(want[key], abs=1e-12)
+    np.testing.assert_allclose(got["per_category_iou"], want["per_category_iou"], atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(got["per_category_accuracy"], want["per_category_accuracy"], atol=1e-12, equal_nan=True)
+
+
+def test_merge_equals_single_pass():
+    rng = np.random.default_rng(0)
+    label, pred = rng.integers(0, 4, 100), rng.integers(0, 4, 100)
+    whole, a, b = ConfusionMatrix(4), ConfusionMatrix(4), ConfusionMatrix(4)
+    whole.update(torch.from_numpy(label), torch.from_numpy(pred))
+    a.update(torch.from_numpy(label[:40]), torch.from_numpy(pred[:40]))
+    b.update(torch.from_numpy(label[40:]), torch.from_numpy(pred[40:]))
+    a.merge(b)
+    assert torch.equal(a.mat, whole.mat)

@@ -1,0 +1,87 @@
+"""Training plumbing: options from the command line and config files, checkpoint reloading."""
+
+import json
+
+import pytest
+import torch
+
+from segtune.cli import build_parser, train_options
+from segtune.errors import SegtuneError
+from segtune.labels import LabelSet
+
+
+def options(argv):
+    ns, rest = build_parser().parse_known_args(["train", *argv])
+    return train_options(ns, rest)
+
+
+def test_training_arguments_under_their_own_names_with_underscores_or_dashes(tmp_path):
+    opts = options(["--data", "d", "--output-dir", str(tmp_path), "--learning_rate", "1e-4",
+                    "--num-train-epochs", "7", "--per_device_train_batch_size", "8", "--save-total-limit", "1"])
+    assert opts.training == {"learning_rate": 1e-4, "num_train_epochs": 7.0, "per_device_train_batch_size": 8,
+                             "save_total_limit": 1}
+    assert opts.model == "nvidia/mit-b0" and opts.data == "d"
+
+
+def test_config_file_fills_in_and_the_command_line_wins(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("learning_rate: 0.001\nmax_steps: 50\ncrop-size: 256\nreduce_labels: true\nmodel: mit-b1\n")
+    opts = options(["--data", "d", "--output-dir", str(tmp_path), "--config", str(config), "--learning-rate", "2e-4"])
+    assert opts.training["learning_rate"] == 2e-4 and opts.training["max_steps"] == 50
+    assert opts.augment.crop_size == 256 and opts.reduce_labels is True and opts.model == "mit-b1"
+
+    json_config = tmp_path / "run.json"
+    json_config.write_text(json.dumps({"data": "from-config", "seed": 9}))
+    opts = options(["--output-dir", str(tmp_path), "--config", str(json_config)])
+    assert opts.data == "from-config" and opts.training["seed"] == 9
+
+
+def test_unknown_options_are_refused(tmp_path):
+    with pytest.raises(SegtuneError, match="--no_such_option"):
+        options(["--data", "d", "--output-dir", str(tmp_path), "--no_such_option", "3"])
+    config = tmp_path / "bad.yaml"
+    config.write_text("leaning_rate: 0.1\n")
+    with pytest.raises(SegtuneError, match="bad.yaml: unknown option 'leaning_rate'"):
+        options(["--data", "d", "--output-dir", str(tmp_path), "--config", str(config)])
+
+
+def test_defaults_are_the_seeds_and_eval_follows_save(tmp_path):
+    from segtune.train import training_arguments
+
+    args = training_arguments(tmp_path, {})
+    assert (args.learning_rate, args.per_device_train_batch_size, args.remove_unused_columns) == (6e-5, 2, False)
+    assert args.eval_strategy == "steps" and args.metric_for_best_model == "mean_iou" and args.load_best_model_at_end
+    args = training_arguments(tmp_path, {"eval_steps": 30})
+    assert args.save_steps == 30
+    with pytest.raises(SegtuneError, match="training arguments"):
+        training_arguments(tmp_path, {"eval_strategy": "sometimes"})
+
+
+def test_checkpoint_reload_restores_every_weight(tiny_model_dir, tmp_path):
+    """transformers 5's own reload leaves SegFormer weights untouched; segtune's must not."""
+    from transformers import AutoModelForSemanticSegmentation, TrainingArguments
+
+    from segtune.train import SegmentationTrainer
+
+    from .conftest import tiny_segformer
+
+    model = tiny_segformer(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    trainer = SegmentationTrainer(
+        model=model, args=TrainingArguments(str(tmp_path), report_to="none"),
+        labels=LabelSet.numbered(3), ignore_index=255, card={},
+    )
+    trainer._load_from_checkpoint(str(tiny_model_dir))
+    want = AutoModelForSemanticSegmentation.from_pretrained(tiny_model_dir).state_dict()
+    got = model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_architecture_names_build_random_segformers():
+    from segtune.model import load_model
+
+    model = load_model("mit-b0", LabelSet.numbered(5))
+    assert model.config.hidden_sizes == [32, 64, 160, 256] and model.config.num_labels == 5
+    assert model.config.id2label[4] == "class_4"
