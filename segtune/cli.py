@@ -153,8 +153,6 @@ def cmd_train(ns, rest) -> None:
 
 
 def cmd_evaluate(ns, rest) -> None:
-    import torch
-
     from .evaluate import EvalDataset, evaluate_model, evaluate_predictions, format_table
     from .labels import load_labels
     from .metrics import metrics_to_json
@@ -168,13 +166,17 @@ def cmd_evaluate(ns, rest) -> None:
         segmenter = Segmenter.from_pretrained(ns.model)
         model, processor = segmenter.model, segmenter.processor
         labels = labels or segmenter.labels
-    split = ns.split
+    def scored_split(data):
+        if ns.split == "auto":
+            return "all" if data.val_is_split else "val"
+        return ns.split
+
     data, labels = load_checked_data(
         ns.data, val_split=0.2, seed=42, reduce_labels=ns.reduce_labels, ignore_index=ns.ignore_index,
-        labels=labels, splits=("val",) if split in ("auto", "val") else ("train", "val"),
+        labels=labels, splits=lambda data: ("train", "val") if scored_split(data) == "all" else (scored_split(data),),
     )
-    samples = {"val": data.val, "train": data.train, "all": data.train + data.val}[split if split != "auto" else (
-        "all" if data.val_is_split else "val")]
+    split = scored_split(data)
+    samples = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
     if not samples:
         raise SegtuneError(f"{ns.data}: the {split} split is empty")
     if model is not None:

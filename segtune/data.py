@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from .errors import SegtuneError
-from .labels import LabelSet, load_labels
+from .labels import LabelSet, _from_entries, load_labels
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MASK_SUFFIXES = {".png", ".tif", ".tiff", ".bmp"}
@@ -112,6 +112,12 @@ def pair_folder(images_dir: Path, masks_dir: Path | None) -> list[Sample]:
     masks = _files(masks_dir, MASK_SUFFIXES)
     for stem, p in images.items():
         if stem not in masks:
+            other = next((q for q in sorted(masks_dir.iterdir()) if q.stem == stem and q.is_file()), None)
+            if other is not None:  # e.g. a JPEG mask: lossy compression corrupts class ids
+                raise SegtuneError(
+                    f"{p}: image has no mask ({other.name} is not a mask file: use "
+                    f"{', '.join(sorted(MASK_SUFFIXES))})"
+                )
             raise SegtuneError(f"{p}: image has no mask ({masks_dir / (stem + '.png')} is missing)")
     for stem, p in masks.items():
         if stem not in images:
@@ -125,7 +131,12 @@ def split_samples(samples: list[Sample], val_split: float, seed: int) -> tuple[l
 
     if len(samples) < 2:
         raise SegtuneError(f"{samples[0].image.parent}: only {len(samples)} pair, too few to split")
-    parts = Dataset.from_dict({"i": list(range(len(samples)))}).train_test_split(test_size=val_split, seed=seed)
+    try:
+        parts = Dataset.from_dict({"i": list(range(len(samples)))}).train_test_split(test_size=val_split, seed=seed)
+    except ValueError as e:  # val_split outside (0, 1), or leaving one side empty
+        raise SegtuneError(
+            f"{samples[0].image.parent}: cannot split {len(samples)} pairs with val_split={val_split} ({e})"
+        ) from None
     return [samples[i] for i in parts["train"]["i"]], [samples[i] for i in parts["test"]["i"]]
 
 
@@ -143,6 +154,9 @@ def _from_yaml(path: Path, val_split: float, seed: int) -> SegmentationData:
         raise SegtuneError(f"{path}: cannot read data file ({str(e).splitlines()[0]})") from None
     if not isinstance(spec, dict) or "train" not in spec and "val" not in spec:
         raise SegtuneError(f"{path}: data file needs 'train' and/or 'val' entries")
+    for key in ("path", "train_masks", "val_masks"):
+        if key in spec and not isinstance(spec[key], str):
+            raise SegtuneError(f"{path}: '{key}' must be a folder name, not {spec[key]!r}")
     root = (path.parent / spec.get("path", ".")).resolve()
 
     def folders(split):
@@ -155,6 +169,8 @@ def _from_yaml(path: Path, val_split: float, seed: int) -> SegmentationData:
             images, masks = entry, spec.get(f"{split}_masks")
         if images is None or masks is None:
             raise SegtuneError(f"{path}: '{split}' needs an image folder and a mask folder ({split}_masks)")
+        if not isinstance(images, str) or not isinstance(masks, str):
+            raise SegtuneError(f"{path}: '{split}' folders must be folder names, not {images!r} / {masks!r}")
         return pair_folder(root / images, root / masks)
 
     train, val = folders("train"), folders("val")
@@ -164,16 +180,26 @@ def _from_yaml(path: Path, val_split: float, seed: int) -> SegmentationData:
     labels = None
     if "names" in spec:
         names = spec["names"]
-        if isinstance(names, dict):
-            names = [names[k] for k in sorted(names, key=int)]
-        labels = LabelSet.from_names([str(n) for n in names], spec.get("colors"))
+        if isinstance(names, dict):  # ids must be exactly 0..N-1: a gap would shift every later name
+            names = _from_entries([(k, str(v)) for k, v in names.items()], f"{path}: names").names
+        if not isinstance(names, list | tuple) or not names:
+            raise SegtuneError(f"{path}: 'names' must be a list of class names or a mapping of id: name")
+        try:
+            labels = LabelSet.from_names([str(n) for n in names], spec.get("colors"))
+        except (ValueError, TypeError) as e:
+            raise SegtuneError(f"{path}: bad 'colors' ({e})") from None
+    ignore_index, reduce = spec.get("ignore_index", 255), spec.get("reduce_labels", False)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise SegtuneError(f"{path}: 'ignore_index' must be an integer, not {ignore_index!r}")
+    if not isinstance(reduce, bool):  # bool("false") would be True
+        raise SegtuneError(f"{path}: 'reduce_labels' must be true or false, not {reduce!r}")
     return SegmentationData(
         source=path,
         train=train or [],
         val=val,
         labels=labels,
-        ignore_index=int(spec.get("ignore_index", 255)),
-        reduce_labels=bool(spec.get("reduce_labels", False)),
+        ignore_index=ignore_index,
+        reduce_labels=reduce,
         val_is_split=val_is_split,
     )
 

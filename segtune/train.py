@@ -41,6 +41,7 @@ TRAINING_DEFAULTS = dict(
     remove_unused_columns=False,
     optim="adamw_torch",
     dataloader_num_workers=min(4, (os.cpu_count() or 2) // 2),
+    dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps a GPU
     report_to="none",
 )
 SCALAR_METRICS = ("mean_iou", "mean_accuracy", "overall_accuracy")
@@ -160,7 +161,10 @@ def prepare_output_dir(path: Path, resume: bool, overwrite: bool) -> None:
 
 
 def load_checked_data(data_path, *, val_split, seed, reduce_labels, ignore_index, labels, splits):
-    """Finds, configures and checks a dataset; returns (data, labels); `labels` may be None."""
+    """Finds, configures and checks a dataset; returns (data, labels); `labels` may be None.
+
+    `splits` names the splits to check, or is a function of the loaded data giving them.
+    """
     from tqdm.auto import tqdm
 
     data = segdata.load_data(data_path, val_split=val_split, seed=seed)
@@ -168,6 +172,8 @@ def load_checked_data(data_path, *, val_split, seed, reduce_labels, ignore_index
         data.reduce_labels = reduce_labels
     if ignore_index is not None:
         data.ignore_index = ignore_index
+    if callable(splits):
+        splits = splits(data)
     labels = segdata.checked_labels(data, labels, splits=splits, progress=partial(tqdm, leave=False))
     return data, labels
 
