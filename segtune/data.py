@@ -85,6 +85,24 @@ def read_mask(path: Path, reduce: bool = False, ignore_index: int = 255) -> np.n
     return reduce_labels(mask, ignore_index) if reduce else mask
 
 
+class PairDataset:
+    """Reads pair i as (RGB image, mask of class ids); subclasses turn it into model inputs."""
+
+    def __init__(self, samples: list[Sample], transform, reduce: bool, ignore_index: int):
+        self.samples, self.transform = samples, transform
+        self.reduce, self.ignore_index = reduce, ignore_index
+
+    def __len__(self):
+        return len(self.samples)
+
+    def load(self, i: int):
+        s = self.samples[i]
+        image, mask = read_image(s.image), read_mask(s.mask, self.reduce, self.ignore_index)
+        if mask.shape != (image.height, image.width):
+            raise SegtuneError(f"{s.mask}: mask size differs from its image {s.image}")
+        return image, mask
+
+
 # ---------------------------------------------------------------- finding pairs
 
 

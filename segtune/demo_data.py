@@ -93,7 +93,8 @@ def _render_scene(rng, s):
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     tex = _textures(rng, s, yy, xx)
     label = np.zeros((s, s), np.uint8)
-    shade = np.ones((s, s), np.float32)  # multiplicative light (shadows, sphere shading)
+    shade = np.ones((s, s), np.float32)  # multiplicative light (shadows, object shading)
+    gloss = np.zeros((s, s), np.float32)  # additive white specular highlights
 
     # Backdrop: sky above a tilted, gently wavy horizon; below it one or two of
     # water / ground / grass, split by a wavy near-vertical shoreline.
@@ -135,20 +136,31 @@ def _render_scene(rng, s):
         if kind == BALL:
             d2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / r**2
             mask = d2 < 1
-            # Lambert-like sphere shading: brighter towards the light.
+            # Sphere shading: dark rim, lit side, specular highlight (shape-derived cues).
             nz = np.sqrt(np.clip(1 - d2, 0, 1))
-            sph = 0.55 + 0.45 * np.clip(((xx - cx) * light[0] + (yy - cy) * light[1]) / r + nz, 0, 1.4) / 1.4
-            shade = np.where(mask, sph, shade)
+            lit = np.clip(0.5 * nz + 0.5 * ((xx - cx) * light[0] + (yy - cy) * light[1]) / r, 0, 1)
+            shade = np.where(mask, 0.35 + 0.75 * lit, shade)
+            spot = ((xx - cx - 0.45 * r * light[0]) ** 2 + (yy - cy - 0.45 * r * light[1]) ** 2) / (0.2 * r) ** 2
+            gloss = np.where(mask, 0.6 * np.exp(-spot), gloss)
         elif kind == BOX:
-            w, h, a = r * rng.uniform(0.8, 1.2), r * rng.uniform(0.7, 1.1), rng.uniform(-0.4, 0.4)
-            c, si = np.cos(a), np.sin(a)
-            pts = [(cx + dx * c - dy * si, cy + dx * si + dy * c) for dx, dy in
-                   [(-w, -h), (w, -h), (w, h), (-w, h)]]
-            mask = _polygon_mask(s, pts)
-            shade = np.where(mask, 0.8 + 0.2 * light[0] * np.sign(xx - cx), shade)  # two lit faces
+            # Flat-shaded cube seen from above: front, top and side faces with straight edges.
+            w, h = r * rng.uniform(0.7, 1.0), r * rng.uniform(0.6, 0.9)
+            dx, dy = r * 0.4 * rng.choice([-1, 1]), r * 0.35
+            x0, x1, y0, y1 = cx - w, cx + w, cy - h + dy, cy + h + dy
+            xs = x1 if dx > 0 else x0
+            faces = [([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], 0.75),
+                     ([(x0, y0), (x1, y0), (x1 + dx, y0 - dy), (x0 + dx, y0 - dy)], 1.0),
+                     ([(xs, y0), (xs, y1), (xs + dx, y1 - dy), (xs + dx, y0 - dy)], 0.5)]
+            mask = np.zeros((s, s), bool)
+            for pts, val in faces:
+                face = _polygon_mask(s, pts)
+                shade = np.where(face, val * rng.uniform(0.9, 1.1), shade)
+                gloss[face] = 0
+                mask |= face
         else:
             mask = _blob_mask(rng, s, cy, cx, r, 0.25)
             shade = np.where(mask, 1.0, shade)
+            gloss[mask] = 0
         label[mask] = kind
 
     # Render colours from the labels, then add clutter labelled 0 ("other"):
@@ -156,7 +168,7 @@ def _render_scene(rng, s):
     img = np.zeros((s, s, 3), np.float32)
     for k, t in tex.items():
         img[label == k] = t[label == k]
-    img *= shade[..., None]
+    img = img * shade[..., None] + gloss[..., None]
     for _ in range(rng.integers(1, 4)):
         colour = rng.uniform(0, 1, 3)
         if rng.random() < 0.5:  # pole or wire: a thin long bar

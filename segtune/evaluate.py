@@ -13,26 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .data import Sample, read_image, read_mask
+from .data import PairDataset, Sample, read_mask
 from .errors import SegtuneError
 from .metrics import ConfusionMatrix
 
 
-class EvalDataset(Dataset):
+class EvalDataset(PairDataset, Dataset):
     """Preprocessed image plus the mask at its original size."""
 
-    def __init__(self, samples: list[Sample], transform, reduce: bool, ignore_index: int):
-        self.samples, self.transform = samples, transform
-        self.reduce, self.ignore_index = reduce, ignore_index
-
-    def __len__(self):
-        return len(self.samples)
-
     def __getitem__(self, i):
-        s = self.samples[i]
-        pixel_values = self.transform(read_image(s.image))
-        label = torch.from_numpy(read_mask(s.mask, self.reduce, self.ignore_index))
-        return {"pixel_values": pixel_values, "labels": label, "index": i}
+        image, mask = self.load(i)
+        return {"pixel_values": self.transform(image), "labels": torch.from_numpy(mask), "index": i}
 
 
 def _same_shape_runs(items):

@@ -62,21 +62,9 @@ def training_arguments(output_dir: Path, overrides: dict) -> TrainingArguments:
     return args
 
 
-class TrainDataset(Dataset):
-    def __init__(self, samples, transform, reduce: bool, ignore_index: int):
-        self.samples, self.transform = samples, transform
-        self.reduce, self.ignore_index = reduce, ignore_index
-
-    def __len__(self):
-        return len(self.samples)
-
+class TrainDataset(segdata.PairDataset, Dataset):
     def __getitem__(self, i):
-        s = self.samples[i]
-        image = segdata.read_image(s.image)
-        mask = segdata.read_mask(s.mask, self.reduce, self.ignore_index)
-        if mask.shape != (image.height, image.width):
-            raise SegtuneError(f"{s.mask}: mask size differs from its image {s.image}")
-        pixel_values, labels = self.transform(image, mask)
+        pixel_values, labels = self.transform(*self.load(i))
         return {"pixel_values": pixel_values, "labels": labels}
 
 
