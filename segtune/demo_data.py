@@ -24,9 +24,20 @@ from PIL import Image, ImageDraw, ImageFilter
 DEMO_CLASSES: list[str] = ["sky", "water", "ground", "grass", "tree", "ball", "box", "rock"]
 DEMO_IMAGE_SIZE: int = 128
 
-# Settings under which a randomly initialised mit-b0 reaches val mIoU >= 0.85
-# in a few minutes on 2 CPU cores (see the sweep notes in the module's PR).
-DEMO_TRAINING: dict = {}
+# Found by a sweep: a randomly initialised mit-b0 reaches val mIoU 0.92-0.93 with these
+# in ~5-5.5 min on 2 CPU cores (~3.0-3.3 steps/s); the same-red ball vs box is learnt last.
+DEMO_TRAINING: dict = {
+    "learning_rate": 2e-3,  # random init needs far more than fine-tuning's 6e-5
+    "max_steps": 1000,
+    "per_device_train_batch_size": 8,
+    "warmup_steps": 50,
+    "weight_decay": 0.01,
+    "lr_scheduler_type": "linear",
+    "scale_range": (0.8, 1.25),  # random resize ratio, then crop/pad to DEMO_IMAGE_SIZE
+    "num_train": 400,
+    "num_val": 50,
+    "eval_steps": 250,
+}
 
 SKY, WATER, GROUND, GRASS, TREE, BALL, BOX, ROCK = range(1, 9)  # annotation values
 _BLUE = np.array([0.38, 0.58, 0.86])
@@ -40,7 +51,7 @@ def _smooth_noise(rng, h, w, cell_y, cell_x):
     """Zero-mean value noise in about [-1, 1] with feature size (cell_y, cell_x) pixels."""
     gy, gx = int(h / cell_y) + 2, int(w / cell_x) + 2
     grid = rng.uniform(-1, 1, (gy, gx)).astype(np.float32)
-    up = Image.fromarray(grid, mode="F").resize((int(gx * cell_x), int(gy * cell_y)), Image.BICUBIC)
+    up = Image.fromarray(grid).resize((int(gx * cell_x), int(gy * cell_y)), Image.BICUBIC)
     return np.asarray(up)[:h, :w]
 
 
@@ -123,11 +134,12 @@ def _render_scene(rng, s):
         label[trunk | canopy] = TREE
         tex[TREE] = np.where(trunk[..., None] & ~canopy[..., None], _BROWN * 0.6, tex[TREE])
 
-    # 1-3 objects, big enough that 1/4-resolution logits resolve their boundaries.
+    # 2-4 objects, big enough that 1/4-resolution logits resolve their boundaries.
     light = rng.uniform(-1, 1, 2)
     light /= np.linalg.norm(light) + 1e-6
-    for _ in range(rng.integers(1, 4)):
-        kind = rng.choice([BALL, BOX, ROCK])
+    # Balls and boxes are the hardest pair (same red), so they get most of the draws.
+    for _ in range(rng.integers(2, 5)):
+        kind = rng.choice([BALL, BOX, ROCK], p=[0.4, 0.4, 0.2])
         r = s * rng.uniform(0.1, 0.2)
         cy, cx = rng.uniform(0.45, 0.9) * s, rng.uniform(0.1, 0.9) * s
         # Soft drop shadow on whatever is below (stays labelled as background).
@@ -201,8 +213,8 @@ def generate_demo_dataset(root, *, seed: int = 0, num_train: int = 400, num_val:
             rng = np.random.default_rng([seed, split_id, i])
             rgb, label = _render_scene(rng, image_size)
             stem = f"demo_{split}_{i:05d}"
-            Image.fromarray(rgb, "RGB").save(root / "images" / split / f"{stem}.jpg", quality=90)
-            Image.fromarray(label, "L").save(root / "annotations" / split / f"{stem}.png")
+            Image.fromarray(rgb).save(root / "images" / split / f"{stem}.jpg", quality=90)
+            Image.fromarray(label).save(root / "annotations" / split / f"{stem}.png")
     id2label = {str(i): name for i, name in enumerate(DEMO_CLASSES)}
     (root / "id2label.json").write_text(json.dumps(id2label, indent=2) + "\n")
     return root
