@@ -26,7 +26,7 @@ def model_card(*, base_model: str, data: str, class_names, metrics: dict, hyperp
     ]
     if not random_init and not Path(base_model).exists():
         lines.append(f"base_model: {base_model}")
-    lines += ["---", "", f"# Semantic segmentation model fine-tuned with segtune", ""]
+    lines += ["---", "", "# Semantic segmentation model trained with segtune", ""]
     origin = f"a randomly initialised `{base_model}`" if random_init else f"`{base_model}`"
     lines += [f"Trained from {origin} on `{data}` ({len(class_names)} classes).", ""]
     lines += [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -221,7 +221,8 @@ def run_training(opts: TrainOptions) -> dict:
         log.warning("segtune: --resume given but %s holds no checkpoint; starting afresh", opts.output_dir)
     trainer.train(resume_from_checkpoint=True if resume else None)
 
-    metrics = metrics_to_json(trainer.evaluate() and trainer.last_metrics, labels.names)
+    trainer.evaluate(metric_key_prefix="final")  # the best checkpoint, reloaded at the end
+    metrics = metrics_to_json(trainer.last_metrics, labels.names)
     metrics["step"] = trainer.state.global_step
     if trainer.is_world_process_zero():
         trainer.save_model(str(opts.output_dir))
