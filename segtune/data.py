@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import SegtuneError
 from .labels import LabelSet, _from_entries, load_labels
@@ -49,12 +49,29 @@ class SegmentationData:
 # ---------------------------------------------------------------- reading files
 
 
+HIGH_DEPTH_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The one conversion used for training, evaluation and prediction.
+
+    EXIF orientation is applied (phones store photos sideways plus a rotation tag, while
+    masks are drawn on the upright picture), and 16-bit or float grey images are scaled to
+    8 bits rather than clipped, which would turn them nearly white.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode in HIGH_DEPTH_MODES:
+        pixels = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.round(pixels / 257.0), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
 def read_image(path: Path) -> Image.Image:
     """Decodes fully (so a truncated file fails here, naming itself) and converts to RGB."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise SegtuneError(f"{path}: cannot read image ({e})") from None
 
@@ -72,7 +89,7 @@ def read_mask(path: Path, reduce: bool = False, ignore_index: int = 255) -> np.n
         with Image.open(path) as img:
             img.load()
             mode = img.mode
-            mask = np.array(img)
+            mask = np.array(ImageOps.exif_transpose(img))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise SegtuneError(f"{path}: cannot read mask ({e})") from None
     if mask.ndim == 3:

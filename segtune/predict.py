@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import IMAGE_SUFFIXES, read_image, read_mask
+from .data import IMAGE_SUFFIXES, read_image, read_mask, to_rgb
 from .errors import SegtuneError
 from .evaluate import upsampled_argmax
 from .labels import LabelSet, load_labels
@@ -46,8 +46,8 @@ class Segmenter:
 
         if isinstance(image, (str, Path)):
             image = read_image(Path(image))
-        elif isinstance(image, np.ndarray):
-            image = Image.fromarray(image).convert("RGB")
+        else:
+            image = to_rgb(Image.fromarray(image) if isinstance(image, np.ndarray) else image)
         pixel_values = self.processor(images=image, return_tensors="pt")["pixel_values"].to(self.device)
         logits = self.model(pixel_values=pixel_values).logits[0]
         return upsampled_argmax(logits, (image.height, image.width)).cpu().numpy()
