@@ -133,15 +133,13 @@ def _files(folder: Path, suffixes: set[str]) -> dict[str, Path]:
     return found
 
 
-def pair_folder(images_dir: Path, masks_dir: Path | None) -> list[Sample]:
+def pair_folder(images_dir: Path, masks_dir: Path) -> list[Sample]:
     """Matches images to masks by file stem; a file without its partner is an error."""
     if not images_dir.is_dir():
         raise SegtuneError(f"{images_dir}: image folder not found")
     images = _files(images_dir, IMAGE_SUFFIXES)
     if not images:
         raise SegtuneError(f"{images_dir}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    if masks_dir is None:
-        return [Sample(p) for p in images.values()]
     if not masks_dir.is_dir():
         raise SegtuneError(f"{masks_dir}: mask folder not found")
     masks = _files(masks_dir, MASK_SUFFIXES)
