@@ -1,55 +1,28 @@
-"""Finding image/mask pairs on disk, checking them, and reading them.
+"""Reading one image/mask pair the same way everywhere: files on disk or rows of a `datasets` table.
 
-Three layouts are understood:
-- ADE20K: images/{training,validation}/*.jpg + annotations/{training,validation}/*.png
-- flat: images/ + annotations/ holding the files directly, split by `val_split` and `seed`
-- a YAML data file naming the train/val image and mask folders, classes and label rules
+A mask goes through `MaskRules` once, in this order: colour-coded RGB -> class ids (when the
+classes' colours are known), `label_map`, ADE20K reduction, and the ignore index. Finding the
+pairs is `sources.py`'s job; checking them all is `checks.py`'s.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from concurrent.futures import ThreadPoolExecutor
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import SegtuneError
-from .labels import LabelSet, _from_entries, load_labels
+from .labels import LabelSet
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MASK_SUFFIXES = {".png", ".tif", ".tiff", ".bmp"}
-ADE_SPLITS = {"train": "training", "val": "validation"}
-
-
-@dataclass(frozen=True)
-class Sample:
-    image: Path
-    mask: Path | None = None
-
-
-@dataclass
-class SegmentationData:
-    """Pairs per split plus the rules for reading masks (ids as the model sees them)."""
-
-    source: Path
-    train: list[Sample]
-    val: list[Sample]
-    labels: LabelSet | None = None  # from the data file or an id2label.json beside the data
-    ignore_index: int = 255
-    reduce_labels: bool = False
-    mask_max: dict = field(default_factory=dict)  # filled by check(): largest class id per split
-    val_is_split: bool = False  # True when val was drawn from the training pairs by val_split/seed
-
-
-# ---------------------------------------------------------------- reading files
-
-
 HIGH_DEPTH_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+# ---------------------------------------------------------------- images
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -66,14 +39,35 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: Path) -> Image.Image:
-    """Decodes fully (so a truncated file fails here, naming itself) and converts to RGB."""
+def open_image(path: Path, what: str = "image") -> Image.Image:
+    """Opens and fully decodes a file, so a truncated one fails here, with one line naming it."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise SegtuneError(f"{path}: cannot read image ({e})") from None
+        if path.stat().st_size == 0:
+            raise SegtuneError(f"{path}: empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return img
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        limit = Image.MAX_IMAGE_PIXELS
+        raise SegtuneError(
+            f"{path}: {what} is too large to decode safely (over {limit / 1e6:.0f} megapixels: "
+            "Pillow's decompression-bomb limit)"
+        ) from None
+    except UnidentifiedImageError:
+        raise SegtuneError(f"{path}: not an image file, or a format Pillow cannot read") from None
+    except FileNotFoundError:
+        raise SegtuneError(f"{path}: file not found") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise SegtuneError(f"{path}: cannot read {what} ({e})") from None
+
+
+def read_image(path: Path) -> Image.Image:
+    return to_rgb(open_image(Path(path)))
+
+
+# ---------------------------------------------------------------- masks
 
 
 def reduce_labels(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
@@ -83,261 +77,215 @@ def reduce_labels(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
     return out
 
 
-def read_mask(path: Path, reduce: bool = False, ignore_index: int = 255) -> np.ndarray:
-    """Returns the mask as an int64 (H, W) array of class ids (after reduction if asked)."""
+@dataclass(frozen=True)
+class MaskRules:
+    """How stored mask values become the class ids the model sees."""
+
+    reduce_labels: bool = False
+    ignore_index: int = 255
+    label_map: dict | None = None  # stored value -> new value, applied before reduction
+    colors: np.ndarray | None = field(default=None, compare=False)  # (N, 3) class colours for RGB masks
+
+    def apply(self, mask: np.ndarray, name) -> np.ndarray:
+        """(H, W) or (H, W, 3+) stored values -> (H, W) int64 class ids."""
+        if mask.ndim == 3:
+            mask = self._from_rgb(mask[..., :3], name)
+        mask = mask.astype(np.int64)
+        if self.label_map:
+            mapped = mask.copy()
+            for old, new in self.label_map.items():
+                mapped[mask == old] = new
+            mask = mapped
+        return reduce_labels(mask, self.ignore_index) if self.reduce_labels else mask
+
+    def _from_rgb(self, rgb: np.ndarray, name) -> np.ndarray:
+        grey = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()
+        if self.colors is None:
+            if grey:  # a grey index mask saved as RGB is harmless
+                return rgb[..., 0]
+            raise SegtuneError(
+                f"{name}: mask is a colour (RGB) image; expected a single-channel index mask "
+                "(for colour-coded masks give each class's colour in the labels file)"
+            )
+        codes = _rgb_codes(rgb)
+        palette = _rgb_codes(np.asarray(self.colors, dtype=np.uint8))
+        order = np.argsort(palette, kind="stable")
+        pos = np.clip(np.searchsorted(palette[order], codes), 0, len(palette) - 1)
+        known = palette[order][pos] == codes
+        if known.all():
+            return order[pos]
+        if grey:  # not the class colours, but plainly an index mask stored as RGB
+            return rgb[..., 0]
+        unknown, counts = np.unique(codes[~known], return_counts=True)
+        top = int(unknown[counts.argmax()])
+        colour = (top >> 16, (top >> 8) & 255, top & 255)
+        more = f" (and {len(unknown) - 1} more unknown colours)" if len(unknown) > 1 else ""
+        raise SegtuneError(
+            f"{name}: mask colour {colour} ({counts.max()} pixels) is not the colour of any class{more}"
+        )
+
+
+def _rgb_codes(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def mask_array(img: Image.Image) -> np.ndarray:
+    """Stored values: palette indices for palette images (as Pascal VOC ships them), else pixels."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode == "RGBA" or img.mode == "LA":
+        img = img.convert(img.mode[:-1])
+    return np.array(img)
+
+
+def read_mask(path: Path, rules: MaskRules | None = None) -> np.ndarray:
+    """Returns the mask as an int64 (H, W) array of class ids after `rules`."""
+    path = Path(path)
+    return (rules or MaskRules()).apply(mask_array(open_image(path, "mask")), path)
+
+
+# ---------------------------------------------------------------- samples
+
+
+@dataclass(frozen=True)
+class Sample:
+    """An image file and its mask file (no mask: an image to predict)."""
+
+    image: Path
+    mask: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.image)
+
+    @property
+    def stem(self) -> str:
+        return self.image.stem
+
+    @property
+    def mask_name(self) -> str:
+        return str(self.mask)
+
+    def read(self, rules: MaskRules) -> tuple[Image.Image, np.ndarray]:
+        return read_image(self.image), read_mask(self.mask, rules)
+
+    def read_mask(self, rules: MaskRules) -> np.ndarray:
+        return read_mask(self.mask, rules)
+
+
+DECODE_ERRORS = (Image.DecompressionBombError, OSError, SyntaxError, ValueError)  # OSError: unreadable, truncated
+
+
+@dataclass(frozen=True, eq=False)
+class RowSample:
+    """Row `index` of a `datasets.Dataset`, with its image and mask columns."""
+
+    table: object  # datasets.Dataset (memory-mapped Arrow, cheap to pickle into workers)
+    index: int
+    image_column: str
+    label_column: str
+    source: str  # e.g. "scene_parse_150[train]", for messages
+
+    @property
+    def name(self) -> str:
+        return f"{self.source} row {self.index}"
+
+    @property
+    def stem(self) -> str:
+        return f"{self.index:06d}"
+
+    mask_name = name
+
+    def read(self, rules: MaskRules) -> tuple[Image.Image, np.ndarray]:
+        try:
+            row = self.table[self.index]  # `datasets` decodes the row's image columns here
+        except DECODE_ERRORS:
+            raise self._decode_error() from None
+        return decode_row(row, self.image_column, self.label_column, self.name, rules)
+
+    def _decode_error(self) -> SegtuneError:
+        """One line naming the row and the column that `datasets` could not decode."""
+        for column in (self.image_column, self.label_column):
+            try:
+                self.table.select_columns([column])[self.index]
+            except UnidentifiedImageError:
+                return SegtuneError(f"{self.name}: column '{column}' is not an image, or a format Pillow cannot read")
+            except DECODE_ERRORS as e:
+                return SegtuneError(f"{self.name}: cannot read column '{column}' as an image ({e})")
+        return SegtuneError(f"{self.name}: cannot read the row")
+
+    def read_mask(self, rules: MaskRules) -> np.ndarray:
+        return self.read(rules)[1]
+
+
+def decode_row(row: dict, image_column: str, label_column: str, name: str, rules: MaskRules):
+    """A `datasets` row (PIL images, or arrays) -> (RGB image, class ids)."""
+    image, mask = row[image_column], row[label_column]
     try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            mask = np.array(ImageOps.exif_transpose(img))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise SegtuneError(f"{path}: cannot read mask ({e})") from None
-    if mask.ndim == 3:
-        # A grey mask saved as RGB is harmless; a colour-coded one needs a colour map (not an index).
-        if mask.shape[2] >= 3 and (mask[..., 0] == mask[..., 1]).all() and (mask[..., 0] == mask[..., 2]).all():
-            mask = mask[..., 0]
-        else:
-            raise SegtuneError(f"{path}: mask is a colour ({mode}) image; expected a single-channel index mask")
-    mask = mask.astype(np.int64)
-    return reduce_labels(mask, ignore_index) if reduce else mask
+        image = to_rgb(image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8)))
+    except (OSError, ValueError, TypeError) as e:
+        raise SegtuneError(f"{name}: cannot read column '{image_column}' as an image ({e})") from None
+    if mask is None:
+        raise SegtuneError(f"{name}: column '{label_column}' is empty")
+    try:
+        mask = mask_array(mask) if isinstance(mask, Image.Image) else np.asarray(mask, dtype=np.int64)
+    except (OSError, ValueError, TypeError) as e:  # e.g. ragged nested lists
+        raise SegtuneError(f"{name}: cannot read column '{label_column}' as a mask ({e})") from None
+    if not (mask.ndim == 2 or mask.ndim == 3 and mask.shape[2] in (3, 4)):
+        raise SegtuneError(f"{name}: column '{label_column}' has shape {mask.shape}: expected (height, width) "
+                           "class ids or (height, width, 3) colours")
+    return image, rules.apply(mask, name)
+
+
+def check_sizes(sample, image: Image.Image, mask: np.ndarray) -> None:
+    if mask.shape[:2] != (image.height, image.width):
+        raise SegtuneError(
+            f"{sample.mask_name}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.width}x{image.height}"
+        )
+
+
+# ---------------------------------------------------------------- datasets
+
+
+@dataclass
+class SegmentationData:
+    """Pairs per split plus the rules for reading masks (ids as the model sees them)."""
+
+    source: Path | str
+    train: list
+    val: list
+    labels: LabelSet | None = None  # from the data file or an id2label.json beside the data
+    ignore_index: int = 255
+    reduce_labels: bool = False
+    label_map: dict | None = None
+    mask_colors: np.ndarray | None = None  # class colours for colour-coded masks
+    problems: list = field(default_factory=list)  # (sample or path, message) found while pairing
+    mask_max: dict = field(default_factory=dict)  # filled by checks: largest class id per split
+    val_is_split: bool = False  # True when val was drawn from the training pairs by val_split/seed
+    unsplit: tuple | None = None  # (every pair, val_split, seed) when val_is_split: to split again
+    streaming: object = None  # a StreamingSource when the data is read as a stream
+
+    def read_colours_of(self, labels: LabelSet | None) -> None:
+        """Colour-coded masks are read through the classes' colours, when the user chose them."""
+        if labels is not None and self.mask_colors is None and labels.colors_given:
+            self.mask_colors = labels.colors
+
+    @property
+    def rules(self) -> MaskRules:
+        return MaskRules(self.reduce_labels, self.ignore_index, self.label_map, self.mask_colors)
 
 
 class PairDataset:
     """Reads pair i as (RGB image, mask of class ids); subclasses turn it into model inputs."""
 
-    def __init__(self, samples: list[Sample], transform, reduce: bool, ignore_index: int):
-        self.samples, self.transform = samples, transform
-        self.reduce, self.ignore_index = reduce, ignore_index
+    def __init__(self, samples: list, transform, rules: MaskRules):
+        self.samples, self.transform, self.rules = samples, transform, rules
 
     def __len__(self):
         return len(self.samples)
 
     def load(self, i: int):
-        s = self.samples[i]
-        image, mask = read_image(s.image), read_mask(s.mask, self.reduce, self.ignore_index)
-        if mask.shape != (image.height, image.width):
-            raise SegtuneError(f"{s.mask}: mask size differs from its image {s.image}")
+        sample = self.samples[i]
+        image, mask = sample.read(self.rules)
+        check_sizes(sample, image, mask)
         return image, mask
-
-
-# ---------------------------------------------------------------- finding pairs
-
-
-def _files(folder: Path, suffixes: set[str]) -> dict[str, Path]:
-    found = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."):
-            if p.stem in found:
-                raise SegtuneError(f"{p}: two files share the name '{p.stem}' ({found[p.stem].name})")
-            found[p.stem] = p
-    return found
-
-
-def pair_folder(images_dir: Path, masks_dir: Path) -> list[Sample]:
-    """Matches images to masks by file stem; a file without its partner is an error."""
-    if not images_dir.is_dir():
-        raise SegtuneError(f"{images_dir}: image folder not found")
-    images = _files(images_dir, IMAGE_SUFFIXES)
-    if not images:
-        raise SegtuneError(f"{images_dir}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    if not masks_dir.is_dir():
-        raise SegtuneError(f"{masks_dir}: mask folder not found")
-    masks = _files(masks_dir, MASK_SUFFIXES)
-    for stem, p in images.items():
-        if stem not in masks:
-            other = next((q for q in sorted(masks_dir.iterdir()) if q.stem == stem and q.is_file()), None)
-            if other is not None:  # e.g. a JPEG mask: lossy compression corrupts class ids
-                raise SegtuneError(
-                    f"{p}: image has no mask ({other.name} is not a mask file: use "
-                    f"{', '.join(sorted(MASK_SUFFIXES))})"
-                )
-            raise SegtuneError(f"{p}: image has no mask ({masks_dir / (stem + '.png')} is missing)")
-    for stem, p in masks.items():
-        if stem not in images:
-            raise SegtuneError(f"{p}: mask has no image in {images_dir}")
-    return [Sample(images[s], masks[s]) for s in images]
-
-
-def split_samples(samples: list[Sample], val_split: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """The seeds' split: `datasets.Dataset.train_test_split(test_size=val_split, seed=seed)`."""
-    from datasets import Dataset
-
-    if len(samples) < 2:
-        raise SegtuneError(f"{samples[0].image.parent}: only {len(samples)} pair, too few to split")
-    try:
-        parts = Dataset.from_dict({"i": list(range(len(samples)))}).train_test_split(test_size=val_split, seed=seed)
-    except ValueError as e:  # val_split outside (0, 1), or leaving one side empty
-        raise SegtuneError(
-            f"{samples[0].image.parent}: cannot split {len(samples)} pairs with val_split={val_split} ({e})"
-        ) from None
-    return [samples[i] for i in parts["train"]["i"]], [samples[i] for i in parts["test"]["i"]]
-
-
-def _labels_beside(root: Path) -> LabelSet | None:
-    for name in ("id2label.json", "labels.json"):
-        if (root / name).is_file():
-            return load_labels(root / name)
-    return None
-
-
-def _from_yaml(path: Path, val_split: float, seed: int) -> SegmentationData:
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise SegtuneError(f"{path}: cannot read data file ({str(e).splitlines()[0]})") from None
-    if not isinstance(spec, dict) or "train" not in spec and "val" not in spec:
-        raise SegtuneError(f"{path}: data file needs 'train' and/or 'val' entries")
-    for key in ("path", "train_masks", "val_masks"):
-        if key in spec and not isinstance(spec[key], str):
-            raise SegtuneError(f"{path}: '{key}' must be a folder name, not {spec[key]!r}")
-    root = (path.parent / spec.get("path", ".")).resolve()
-
-    def folders(split):
-        entry = spec.get(split)
-        if entry is None:
-            return None
-        if isinstance(entry, dict):
-            images, masks = entry.get("images"), entry.get("masks")
-        else:
-            images, masks = entry, spec.get(f"{split}_masks")
-        if images is None or masks is None:
-            raise SegtuneError(f"{path}: '{split}' needs an image folder and a mask folder ({split}_masks)")
-        if not isinstance(images, str) or not isinstance(masks, str):
-            raise SegtuneError(f"{path}: '{split}' folders must be folder names, not {images!r} / {masks!r}")
-        return pair_folder(root / images, root / masks)
-
-    train, val = folders("train"), folders("val")
-    val_is_split = train is not None and val is None
-    if val_is_split:
-        train, val = split_samples(train, val_split, seed)
-    labels = None
-    if "names" in spec:
-        names = spec["names"]
-        if isinstance(names, dict):  # ids must be exactly 0..N-1: a gap would shift every later name
-            names = _from_entries([(k, str(v)) for k, v in names.items()], f"{path}: names").names
-        if not isinstance(names, list | tuple) or not names:
-            raise SegtuneError(f"{path}: 'names' must be a list of class names or a mapping of id: name")
-        try:
-            labels = LabelSet.from_names([str(n) for n in names], spec.get("colors"))
-        except (ValueError, TypeError) as e:
-            raise SegtuneError(f"{path}: bad 'colors' ({e})") from None
-    ignore_index, reduce = spec.get("ignore_index", 255), spec.get("reduce_labels", False)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise SegtuneError(f"{path}: 'ignore_index' must be an integer, not {ignore_index!r}")
-    if not isinstance(reduce, bool):  # bool("false") would be True
-        raise SegtuneError(f"{path}: 'reduce_labels' must be true or false, not {reduce!r}")
-    return SegmentationData(
-        source=path,
-        train=train or [],
-        val=val,
-        labels=labels,
-        ignore_index=ignore_index,
-        reduce_labels=reduce,
-        val_is_split=val_is_split,
-    )
-
-
-def load_data(path: str | Path, val_split: float = 0.2, seed: int = 42) -> SegmentationData:
-    """Finds the pairs of a dataset given as a folder or a YAML data file."""
-    path = Path(path)
-    if not path.exists():
-        raise SegtuneError(f"{path}: no such file or folder")
-    if path.is_file():
-        if path.suffix.lower() not in {".yaml", ".yml"}:
-            raise SegtuneError(f"{path}: expected a dataset folder or a YAML data file (.yaml)")
-        return _from_yaml(path, val_split, seed)
-    images, annotations = path / "images", path / "annotations"
-    if not images.is_dir() or not annotations.is_dir():
-        raise SegtuneError(
-            f"{path}: not a dataset folder: expected images/ and annotations/ "
-            "(flat, or with training/ and validation/ inside), or pass a YAML data file"
-        )
-    if any((images / d).is_dir() for d in ADE_SPLITS.values()):
-        splits = {}
-        for split, folder in ADE_SPLITS.items():
-            if (images / folder).is_dir():
-                splits[split] = pair_folder(images / folder, annotations / folder)
-        train, val = splits.get("train", []), splits.get("val")
-        val_is_split = val is None
-        if val_is_split:
-            train, val = split_samples(train, val_split, seed)
-    else:
-        val_is_split = True
-        train, val = split_samples(pair_folder(images, annotations), val_split, seed)
-    return SegmentationData(source=path, train=train, val=val, labels=_labels_beside(path), val_is_split=val_is_split)
-
-
-# ---------------------------------------------------------------- checking
-
-
-def _check_pair(sample: Sample, reduce: bool, ignore_index: int) -> tuple[str | None, int]:
-    """Returns (problem or None, largest class id in the mask)."""
-    try:
-        image = read_image(sample.image)
-        mask = read_mask(sample.mask, reduce, ignore_index)
-    except SegtuneError as e:
-        return str(e), -1
-    if mask.shape != (image.height, image.width):
-        return (
-            f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.width}x{image.height}",
-            -1,
-        )
-    values = mask[mask != ignore_index]
-    if values.size and values.min() < 0:
-        return f"{sample.mask}: mask has negative values", -1
-    return None, int(values.max()) if values.size else -1
-
-
-def check(data: SegmentationData, splits=("train", "val"), num_classes: int | None = None, progress=None) -> None:
-    """Reads every pair once before any training; raises one line per bad file.
-
-    Finds the largest class id per split (`data.mask_max`) so classes can be counted when
-    no names are given, and rejects ids >= num_classes when it is known.
-    """
-    problems = []
-    for split in splits:
-        samples = getattr(data, split) or []
-        if not samples and split == "val":
-            raise SegtuneError(f"{data.source}: the validation split is empty")
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            results = pool.map(lambda s: _check_pair(s, data.reduce_labels, data.ignore_index), samples)
-            if progress:
-                results = progress(results, total=len(samples), desc=f"checking {split}")
-            results = list(results)
-        largest = -1
-        for sample, (problem, top) in zip(samples, results):
-            if problem:
-                problems.append(problem)
-            elif num_classes is not None and top >= num_classes:
-                hint = " (ADE20K-style data needs --reduce-labels)" if top == num_classes else ""
-                problems.append(
-                    f"{sample.mask}: mask has class id {top}, outside the {num_classes} classes "
-                    f"0..{num_classes - 1} and not the ignore index {data.ignore_index}{hint}"
-                )
-            largest = max(largest, top)
-        data.mask_max[split] = largest
-    if problems:
-        more = f"\n... and {len(problems) - 20} more problems" if len(problems) > 20 else ""
-        raise SegtuneError("\n".join(problems[:20]) + more)
-
-
-def checked_labels(data: SegmentationData, labels: LabelSet | None, splits=("train", "val"), progress=None) -> LabelSet:
-    """Checks the data once and returns its classes.
-
-    Given labels win, then the data's own names; without either, classes are numbered up to
-    the largest id found in the masks.
-    """
-    labels = labels or data.labels
-    check(data, splits, num_classes=len(labels) if labels else None, progress=progress)
-    if labels is not None:
-        return labels
-    top = max(data.mask_max.values())
-    if top < 0:
-        raise SegtuneError(f"{data.source}: every mask pixel is ignored; nothing to learn or score")
-    return LabelSet.numbered(top + 1)
-
-
-def write_split_lists(data: SegmentationData, out_dir: Path) -> None:
-    """Records which files went where, so a run can be repeated and audited."""
-    listing = {split: [str(s.image) for s in getattr(data, split)] for split in ("train", "val")}
-    (out_dir / "splits.json").write_text(json.dumps(listing, indent=1))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .data import PairDataset, Sample, read_mask
+from .data import MaskRules, PairDataset, read_mask
 from .errors import SegtuneError
 from .metrics import ConfusionMatrix
 
@@ -52,17 +52,28 @@ def evaluate_model(
     batch_size: int = 2,
     num_workers: int = 0,
     progress: bool = True,
+    on_item=None,
 ) -> ConfusionMatrix:
-    """Streams the dataset through the model; returns the (rank-summed) confusion matrix."""
+    """Streams the dataset through the model; returns the (rank-summed) confusion matrix.
+
+    `on_item(index, label, prediction)`, if given, sees each image's (H, W) label and predicted
+    class ids (tensors on the model's device) as they are scored (per-image scores, galleries)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        pass  # a stream arrives already sharded by rank (hf_sources.StreamingSource)
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
         # Each rank scores every world_size-th image once (no padding repeats); matrices are summed.
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         dataset = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # DDP syncs BatchNorm statistics at the start of a forward pass, so after the last step
+        # each rank holds its own; score with rank 0's, the ones that get saved.
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
     for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress):
@@ -71,29 +82,30 @@ def evaluate_model(
             logits = model(pixel_values=pixel_values).logits
             for item, item_logits in zip(run, logits):
                 label = item["labels"].to(device)
-                cm.update(label, upsampled_argmax(item_logits, label.shape))
+                prediction = upsampled_argmax(item_logits, label.shape)
+                cm.update(label, prediction)
+                if on_item is not None:
+                    on_item(item["index"], label, prediction)
     cm.all_reduce()
     model.train(was_training)
     return cm
 
 
-def evaluate_predictions(
-    samples: list[Sample], predictions_dir: Path, num_classes: int, reduce: bool, ignore_index: int = 255
-) -> ConfusionMatrix:
-    """Scores label PNGs named like the annotations against them."""
+def evaluate_predictions(samples: list, predictions_dir: Path, num_classes: int, rules: MaskRules) -> ConfusionMatrix:
+    """Scores label PNGs named like the images (`<stem>.png`, as `segtune predict` writes them)."""
     from tqdm.auto import tqdm
 
-    cm = ConfusionMatrix(num_classes, ignore_index)
+    cm = ConfusionMatrix(num_classes, rules.ignore_index)
     for s in tqdm(samples, desc="scoring", leave=False):
-        pred_path = predictions_dir / (s.mask.stem + ".png")
+        pred_path = predictions_dir / (s.stem + ".png")
         if not pred_path.is_file():
-            raise SegtuneError(f"{pred_path}: prediction missing for {s.mask}")
+            raise SegtuneError(f"{pred_path}: prediction missing for {s.mask_name}")
         pred = read_mask(pred_path)
-        label = read_mask(s.mask, reduce, ignore_index)
+        label = s.read_mask(rules)
         if pred.shape != label.shape:
             raise SegtuneError(
                 f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} "
-                f"but {s.mask} is {label.shape[1]}x{label.shape[0]}"
+                f"but {s.mask_name} is {label.shape[1]}x{label.shape[0]}"
             )
         cm.update(torch.from_numpy(label), torch.from_numpy(pred))
     return cm

@@ -21,6 +21,7 @@ class LabelSet:
 
     names: tuple[str, ...]
     colors: np.ndarray  # (N, 3) uint8
+    colors_given: bool = False  # chosen by the user (not generated): colour-coded masks may use them
 
     def __post_init__(self):
         colors = np.array(self.colors, dtype=np.uint8).reshape(-1, 3)
@@ -56,7 +57,7 @@ class LabelSet:
             if len(colors) != len(names):
                 raise ValueError(f"{len(names)} class names but {len(colors)} colours")
             palette = [palette[i] if color is None else color for i, color in enumerate(colors)]
-        return cls(names, palette)
+        return cls(names, palette, colors_given=colors is not None and all(c is not None for c in colors))
 
     @classmethod
     def numbered(cls, n: int) -> LabelSet:
@@ -107,7 +108,7 @@ def _bright_rgb_grid(levels: int) -> np.ndarray:
 
 
 def ade20k_labels() -> LabelSet:
-    return LabelSet(ADE20K_CLASSES, np.array(ADE20K_PALETTE, dtype=np.uint8))
+    return LabelSet(ADE20K_CLASSES, np.array(ADE20K_PALETTE, dtype=np.uint8), colors_given=True)
 
 
 def load_labels(spec: str | Path) -> LabelSet:

@@ -10,16 +10,17 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
-from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, default_data_collator, set_seed
 
-from . import data as segdata
-from .card import model_card
+from .checks import checked_labels
+from .data import SegmentationData
 from .errors import SegtuneError
-from .evaluate import EvalDataset, evaluate_model, format_table
-from .labels import LabelSet, load_labels
+from .evaluate import EvalDataset, format_table
+from .labels import load_labels
 from .metrics import metrics_to_json
 from .model import load_model, training_processor
+from .sources import load_data
+from .trainer import InterruptCheckpoint, JsonlLogger, SegmentationTrainer, TrainDataset
 from .transforms import AugmentConfig, ProcessorTransform, train_transform
 
 log = logging.getLogger("segtune")
@@ -42,14 +43,18 @@ TRAINING_DEFAULTS = dict(
     optim="adamw_torch",
     dataloader_num_workers=min(4, (os.cpu_count() or 2) // 2),
     dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps a GPU
+    dataloader_persistent_workers=torch.cuda.is_available(),  # no worker start-up each epoch
     report_to="none",
 )
-SCALAR_METRICS = ("mean_iou", "mean_accuracy", "overall_accuracy")
 
 
 def training_arguments(output_dir: Path, overrides: dict) -> TrainingArguments:
     """segtune's defaults, then the user's values (config file, then command line)."""
     values = {**TRAINING_DEFAULTS, **overrides, "output_dir": str(output_dir)}
+    if not values["dataloader_num_workers"]:  # persistent workers need workers
+        values["dataloader_persistent_workers"] = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        values.setdefault("use_cpu", True)  # accelerate only makes CPU processes data-parallel when told
     # Best-model tracking needs saving on evaluation steps; follow whichever one the user set.
     if "eval_steps" in overrides and "save_steps" not in overrides:
         values["save_steps"] = values["eval_steps"]
@@ -62,67 +67,6 @@ def training_arguments(output_dir: Path, overrides: dict) -> TrainingArguments:
     return args
 
 
-class TrainDataset(segdata.PairDataset, Dataset):
-    def __getitem__(self, i):
-        pixel_values, labels = self.transform(*self.load(i))
-        return {"pixel_values": pixel_values, "labels": labels}
-
-
-class JsonlLogger(TrainerCallback):
-    """Appends every log record (loss, learning rate, evaluations) to log.jsonl."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-
-class SegmentationTrainer(Trainer):
-    """Evaluation by streaming confusion matrix instead of stacking every logit."""
-
-    def __init__(self, *args, labels: LabelSet, ignore_index: int, card: dict, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.labels, self.ignore_index, self.card = labels, ignore_index, card
-        self.last_metrics: dict | None = None
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        cm = evaluate_model(
-            self.model,
-            eval_dataset or self.eval_dataset,
-            len(self.labels),
-            self.ignore_index,
-            batch_size=self.args.per_device_eval_batch_size,
-            num_workers=self.args.dataloader_num_workers,
-            progress=not self.args.disable_tqdm,
-        )
-        self.last_metrics = cm.compute()
-        scalars = {f"{metric_key_prefix}_{k}": self.last_metrics[k] for k in SCALAR_METRICS}
-        self.log(scalars)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, scalars)
-        return scalars
-
-    # transformers 5 saves SegFormer weights under their original names, but the Trainer reloads
-    # checkpoints (resume, best model) with a raw non-strict load_state_dict that then silently
-    # loads nothing. from_pretrained knows the renaming, so reload through it.
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        model = model if model is not None else self.model
-        loaded = type(model).from_pretrained(resume_from_checkpoint)
-        model.load_state_dict(loaded.state_dict())
-
-    def _load_best_model(self):
-        self._load_from_checkpoint(self.state.best_model_checkpoint)
-
-    def create_model_card(self, **kwargs):
-        # Also used by push_to_hub, so the Hub gets segtune's card rather than the generic one.
-        if self.is_world_process_zero() and self.last_metrics is not None:
-            metrics = metrics_to_json(self.last_metrics, self.labels.names)
-            text = model_card(metrics=metrics, class_names=self.labels.names, **self.card)
-            Path(self.args.output_dir, "README.md").write_text(text)
-
-
 @dataclass
 class TrainOptions:
     data: str
@@ -132,38 +76,145 @@ class TrainOptions:
     reduce_labels: bool | None = None  # None: as the data file says
     ignore_index: int | None = None  # None: as the data file says, else 255
     val_split: float = 0.2
+    source_options: dict = field(default_factory=dict)  # suffixes, datasets splits/columns, streaming
+    skip_bad: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     training: dict = field(default_factory=dict)  # TrainingArguments overrides
     resume: bool = False
     overwrite: bool = False
     trust_remote_code: bool = False
+    recipe: str = "segformer"  # or "plain": the seeds' bare Trainer defaults
+    head_lr_mult: float = 10.0
+    loss: str = "ce"  # e.g. "ce:1,dice:0.5"; see losses.parse_loss_spec
+    class_weights: str | None = None  # "auto" (from training pixel frequencies) or a file
+    early_stopping: int | None = None  # evaluations without a better mean IoU before stopping
+    overfit: int | None = None  # the seeds' sanity check on N images, augmentation off
+    callbacks: list = field(default_factory=list)  # extra TrainerCallbacks (Python use)
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun/accelerate (read from the environment, before any process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def prepare_output_dir(path: Path, resume: bool, overwrite: bool) -> None:
     """Refuses to mix a new run into a folder that already holds something."""
     if path.exists() and not path.is_dir():
         raise SegtuneError(f"{path}: output path exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not (resume or overwrite):
+    if is_main_process() and path.is_dir() and any(path.iterdir()) and not (resume or overwrite):
         raise SegtuneError(f"{path}: output folder is not empty; pass --resume to continue it or --overwrite")
     path.mkdir(parents=True, exist_ok=True)
 
 
-def load_checked_data(data_path, *, val_split, seed, reduce_labels, ignore_index, labels, splits):
+def load_checked_data(data_path, *, val_split, seed, reduce_labels, ignore_index, labels, splits,
+                      skip_bad=False, source_options=None):
     """Finds, configures and checks a dataset; returns (data, labels); `labels` may be None.
 
     `splits` names the splits to check, or is a function of the loaded data giving them.
+    A streamed dataset cannot be read ahead: its classes must be known and bad rows are met
+    (and named, or skipped with `skip_bad`) as training reaches them.
     """
     from tqdm.auto import tqdm
 
-    data = segdata.load_data(data_path, val_split=val_split, seed=seed)
+    data = load_data(data_path, val_split=val_split, seed=seed, **(source_options or {}))
     if reduce_labels is not None:
         data.reduce_labels = reduce_labels
     if ignore_index is not None:
         data.ignore_index = ignore_index
+    if data.streaming is not None:
+        labels = labels or data.labels
+        if labels is None:
+            raise SegtuneError(f"{data_path}: a streamed dataset needs its classes: pass --labels or put "
+                               "an id2label.json beside the data")
+        data.read_colours_of(labels)
+        return data, labels
     if callable(splits):
         splits = splits(data)
-    labels = segdata.checked_labels(data, labels, splits=splits, progress=partial(tqdm, leave=False))
+    labels = checked_labels(data, labels, splits=splits, progress=partial(tqdm, leave=False), skip_bad=skip_bad)
     return data, labels
+
+
+def write_split_lists(data: SegmentationData, out_dir: Path) -> None:
+    """Records which pairs went where, so a run can be repeated and audited."""
+    listing = {split: [s.name for s in getattr(data, split)] for split in ("train", "val")}
+    (out_dir / "splits.json").write_text(json.dumps(listing, indent=1))
+
+
+def _datasets(data: SegmentationData, opts: TrainOptions, processor, seed: int):
+    augment = train_transform(opts.augment, processor.image_mean, processor.image_std, data.ignore_index)
+    evaluate = ProcessorTransform(processor)
+    if data.streaming is not None:
+        stream = data.streaming
+        return (stream.dataset("train", augment, data.rules, opts.skip_bad, shuffle_seed=seed),
+                stream.dataset("val", evaluate, data.rules, opts.skip_bad))
+    return TrainDataset(data.train, augment, data.rules), EvalDataset(data.val, evaluate, data.rules)
+
+
+OVERFIT_TARGET = 0.9
+
+
+def _overfit(data: SegmentationData, opts: TrainOptions) -> None:
+    """Train and validate on the same first N training pairs, without augmentation."""
+    n = opts.overfit
+    if data.streaming is not None:
+        raise SegtuneError(f"{opts.data}: --overfit needs a dataset it can index, not a stream")
+    if n < 1 or n > len(data.train):
+        raise SegtuneError(f"--overfit {n}: choose 1..{len(data.train)} (the training pairs)")
+    data.train = data.val = data.train[:n]
+    opts.augment = AugmentConfig.off(opts.augment.base_size, opts.augment.crop_size)
+
+
+def _overfit_report(log_history: list, n: int) -> dict:
+    evals = [(e["step"], e["eval_mean_iou"]) for e in log_history if "eval_mean_iou" in e]
+    passed = next((step for step, miou in evals if miou >= OVERFIT_TARGET), None)
+    best = max((miou for _, miou in evals), default=float("nan"))
+    if passed is not None:
+        print(f"overfit check passed: training mean IoU reached {OVERFIT_TARGET} on {n} images at step {passed}")
+    else:
+        print(f"overfit check FAILED: training mean IoU on {n} images peaked at {best:.4f} (< {OVERFIT_TARGET}); "
+              "look at the labels, the learning rate and the number of steps")
+    return {"images": n, "target": OVERFIT_TARGET, "passed": passed is not None, "step": passed, "best": best}
+
+
+RECIPES = ("segformer", "plain")
+RECIPE_DEFAULTS = {"weight_decay": 0.01}  # TrainingArguments' default is 0
+
+
+def _recipe(opts: TrainOptions, args: TrainingArguments, data: SegmentationData, labels) -> tuple[dict, dict]:
+    """-> (SegmentationTrainer keyword arguments, what to record in the model card)."""
+    from . import losses, optim
+
+    card = {"recipe": opts.recipe, "loss": opts.loss}
+    kwargs = {}
+    if opts.recipe == "segformer":
+        lr, wd, mult = args.learning_rate, args.weight_decay, opts.head_lr_mult
+        kwargs["param_groups"] = lambda model: optim.param_groups(model, lr, wd, mult)
+        card.update(weight_decay=wd, head_lr_mult=mult, norm_weight_decay=0.0)
+        if "lr_scheduler_type" not in opts.training:  # the user's own choice of schedule wins
+            given = opts.training.get("warmup_steps")
+            kwargs["poly_warmup"] = (optim.default_warmup_steps if given is None
+                                     else lambda total: args.get_warmup_steps(total))
+            card.update(schedule="linear warm-up, then poly decay (power 1) to 0",
+                        warmup_steps="1500 or 10% of a shorter run" if given is None else given)
+    weights = None
+    if opts.class_weights == "auto":
+        if data.streaming is not None:
+            raise SegtuneError(f"{opts.data}: --class-weights auto counts the training pixels: not on a stream")
+        counts = losses.pixel_counts((s.read_mask(data.rules) for s in data.train), len(labels), data.ignore_index)
+        weights = losses.class_weights_from_frequencies(counts)
+    elif opts.class_weights:
+        try:
+            weights = losses.load_class_weights(opts.class_weights, labels.names)
+        except ValueError as e:
+            raise SegtuneError(str(e)) from None
+    if weights is not None:
+        card["class_weights"] = [round(float(w), 4) for w in weights]
+    if opts.loss.strip().lower() != "ce" or weights is not None:
+        try:
+            kwargs["loss"] = losses.parse_loss_spec(opts.loss, data.ignore_index, weights)
+        except ValueError as e:
+            raise SegtuneError(f"--loss: {e}") from None
+    return kwargs, card
 
 
 def run_training(opts: TrainOptions) -> dict:
@@ -177,22 +228,31 @@ def run_training(opts: TrainOptions) -> dict:
         ignore_index=opts.ignore_index,
         labels=load_labels(opts.labels) if opts.labels else None,
         splits=("train", "val"),
+        skip_bad=opts.skip_bad,
+        source_options=opts.source_options,
     )
-    if not data.train:
+    if data.streaming is None and not data.train or data.streaming is not None and data.streaming.train is None:
         raise SegtuneError(f"{opts.data}: the training split is empty")
+    if opts.overfit is not None:
+        _overfit(data, opts)
+    if opts.recipe not in RECIPES:
+        raise SegtuneError(f"--recipe {opts.recipe}: choose {' or '.join(RECIPES)}")
+    if opts.recipe == "plain":  # the seeds' pipeline: resize, crop and flip only
+        opts.augment.cat_max_ratio, opts.augment.photometric = 1.0, False
     prepare_output_dir(opts.output_dir, opts.resume, opts.overwrite)
-    args = training_arguments(opts.output_dir, opts.training)
-    log.info("segtune: %d training and %d validation pairs, %d classes", len(data.train), len(data.val), len(labels))
+    recipe_defaults = RECIPE_DEFAULTS if opts.recipe == "segformer" else {}
+    args = training_arguments(opts.output_dir, {**recipe_defaults, **opts.training})
+    if data.streaming is not None and args.max_steps <= 0:
+        raise SegtuneError(f"{opts.data}: a streamed dataset has no length: give --max_steps")
+    if data.streaming is None:
+        log.info("segtune: %d training and %d validation pairs, %d classes", len(data.train), len(data.val),
+                 len(labels))
 
+    set_seed(args.seed)  # before the model: a new head (or a model from scratch) starts from the seed
     processor = training_processor(opts.model, opts.augment.base_size)
     model = load_model(opts.model, labels, data.ignore_index, opts.trust_remote_code)
-    train_set = TrainDataset(
-        data.train,
-        train_transform(opts.augment, processor.image_mean, processor.image_std, data.ignore_index),
-        data.reduce_labels,
-        data.ignore_index,
-    )
-    val_set = EvalDataset(data.val, ProcessorTransform(processor), data.reduce_labels, data.ignore_index)
+    train_set, val_set = _datasets(data, opts, processor, seed)
+    recipe_kwargs, recipe_card = _recipe(opts, args, data, labels)
     hyperparameters = {
         "model": opts.model,
         "learning_rate": args.learning_rate,
@@ -201,9 +261,15 @@ def run_training(opts: TrainOptions) -> dict:
         "num_train_epochs": args.num_train_epochs,
         "seed": args.seed,
         "reduce_labels": data.reduce_labels,
+        "label_map": data.label_map,
         "ignore_index": data.ignore_index,
         **{k: v for k, v in vars(opts.augment).items()},
+        **recipe_card,
     }
+    interrupt = InterruptCheckpoint()
+    callbacks = [JsonlLogger(opts.output_dir / "log.jsonl"), *opts.callbacks, interrupt]
+    if opts.early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping))
     trainer = SegmentationTrainer(
         model=model,
         args=args,
@@ -211,26 +277,49 @@ def run_training(opts: TrainOptions) -> dict:
         eval_dataset=val_set,
         data_collator=default_data_collator,
         processing_class=processor,
-        callbacks=[JsonlLogger(opts.output_dir / "log.jsonl")],
+        callbacks=callbacks,
         labels=labels,
         ignore_index=data.ignore_index,
         card=dict(base_model=opts.model, data=str(opts.data), hyperparameters=hyperparameters),
+        **recipe_kwargs,
     )
     resume = opts.resume and any(opts.output_dir.glob("checkpoint-*"))
     if opts.resume and not resume:
         log.warning("segtune: --resume given but %s holds no checkpoint; starting afresh", opts.output_dir)
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    interrupt.install()
+    try:
+        trainer.train(resume_from_checkpoint=True if resume else None)
+    finally:
+        interrupt.uninstall()
+    if interrupt.interrupted:
+        log.warning("segtune: stopped at step %d; checkpoint saved in %s: continue with --resume",
+                    trainer.state.global_step, opts.output_dir)
+        raise KeyboardInterrupt
 
     trainer.evaluate(metric_key_prefix="final")  # the best checkpoint, reloaded at the end
     metrics = metrics_to_json(trainer.last_metrics, labels.names)
     metrics["step"] = trainer.state.global_step
+    if opts.overfit is not None:
+        metrics["overfit"] = _overfit_report(trainer.state.log_history, opts.overfit)
     if trainer.is_world_process_zero():
         trainer.save_model(str(opts.output_dir))
         labels.to_json(opts.output_dir / "labels.json")
-        segdata.write_split_lists(data, opts.output_dir)
+        write_split_lists(data, opts.output_dir)
         (opts.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         trainer.create_model_card()
         print(format_table(trainer.last_metrics, labels.names))
     if args.push_to_hub:
         trainer.push_to_hub()
+    close_process_group()
     return metrics
+
+
+def close_process_group() -> None:
+    """Waits for rank 0's writes, then tears the process group down.
+
+    A rank that leaves while another is still saving can abort in gloo's destructor
+    ("terminate called without an active exception"), failing the whole torchrun job.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -1,4 +1,4 @@
-"""Colour masks, overlays, label PNGs and image | ground truth | prediction figures."""
+"""Colour masks, overlays, label PNGs, error maps and image | ground truth | prediction | error figures."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from .errors import SegtuneError
 from .labels import LabelSet, generated_palette
 
 IGNORED_COLOR = (0, 0, 0)
+# Error maps: correct pixels show the image darkened to this share, wrong ones red, unscored grey.
+ERROR_COLOR, UNSCORED_COLOR, CORRECT_DIM = (255, 0, 0), (128, 128, 128), 0.3
 
 
 def _known(label_map: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
@@ -46,6 +48,20 @@ def overlay(image, label_map, palette, alpha: float = 0.5, ignore_index: int = 2
     return np.where(known[..., None], blended, image).astype(np.uint8)
 
 
+def error_map(image, ground_truth, prediction, ignore_index: int = 255) -> np.ndarray:
+    """(H, W, 3) uint8: wrong pixels red, pixels not scored (ground truth = ignore index) grey,
+    correct ones the image darkened (to CORRECT_DIM), so errors stand out where they are."""
+    image, gt, pred = _as_rgb(image), np.asarray(ground_truth), np.asarray(prediction)
+    if not (image.shape[:2] == gt.shape == pred.shape):
+        raise SegtuneError(f"image {image.shape[:2]}, ground truth {gt.shape} and prediction {pred.shape} "
+                           "(H, W) must match")
+    ignored = gt == ignore_index
+    out = np.rint(image * CORRECT_DIM).astype(np.uint8)
+    out[(gt != pred) & ~ignored] = ERROR_COLOR
+    out[ignored] = UNSCORED_COLOR
+    return out
+
+
 def save_label_png(label_map: np.ndarray, path, palette: np.ndarray | None = None) -> None:
     """Write class ids as pixel values, readable back exactly with np.array(Image.open(path)).
 
@@ -69,9 +85,10 @@ def save_label_png(label_map: np.ndarray, path, palette: np.ndarray | None = Non
 
 
 def comparison_figure(image, ground_truth, prediction, labels: LabelSet, path, *,
-                      ignore_index: int = 255, title: str | None = None) -> None:
-    """Save image | ground truth | prediction side by side (no ground truth: image | prediction),
-    with a legend of the classes present in either label map; ignored pixels are black."""
+                      ignore_index: int = 255, title: str | None = None, dpi: int = 100) -> None:
+    """Save image | ground truth | prediction | error map side by side (no ground truth: image |
+    prediction), with a legend of the classes present in either label map; ignored pixels are
+    black in the label maps; in the error map wrong pixels are red, unscored ones grey."""
     # The object-oriented API with the Agg canvas: no pyplot, so no global backend/figure state.
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
@@ -84,12 +101,21 @@ def comparison_figure(image, ground_truth, prediction, labels: LabelSet, path, *
             raise SegtuneError(f"{name} is {label_map.shape} (H, W), the image {image.shape[:2]}")
     panels = {"image": image}
     panels.update({name: colorize(m, labels.colors, ignore_index) for name, m in maps.items()})
+    if len(maps) == 2:
+        gt, pred = maps["ground truth"], maps["prediction"]
+        scored = gt != ignore_index
+        wrong = float((gt[scored] != pred[scored]).mean()) if scored.any() else 0.0
+        panels[f"errors ({100 * wrong:.1f}% wrong)"] = error_map(image, gt, pred, ignore_index)
 
     present = np.unique(np.concatenate([m.ravel() for m in maps.values()]))
     legend = [Patch(facecolor=labels.colors[i] / 255, edgecolor="0.5", label=labels.names[i])
               for i in present if 0 <= i < len(labels) and i != ignore_index]
     if len(legend) < len(present):  # ignore_index, or ids the label set does not cover
         legend.append(Patch(facecolor=IGNORED_COLOR, edgecolor="0.5", label="ignored"))
+    if len(maps) == 2:
+        legend.append(Patch(facecolor=np.array(ERROR_COLOR) / 255, edgecolor="0.5", label="wrong"))
+        if (maps["ground truth"] == ignore_index).any():
+            legend.append(Patch(facecolor=np.array(UNSCORED_COLOR) / 255, edgecolor="0.5", label="not scored"))
     legend_columns = max(1, min(len(legend), 3 * len(panels)))
     legend_rows = -(-len(legend) // legend_columns)
 
@@ -106,4 +132,4 @@ def comparison_figure(image, ground_truth, prediction, labels: LabelSet, path, *
                frameon=False, fontsize="small")
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)

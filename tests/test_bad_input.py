@@ -91,18 +91,18 @@ def test_mask_without_image(capsys, tmp_path, flat):
 def test_unreadable_image(capsys, tmp_path, flat):
     (flat / "images" / "notes.jpg").write_text("this is not a JPEG\n")
     write_mask(flat / "annotations" / "notes.png")
-    run_train(capsys, flat, tmp_path, "notes.jpg", "cannot read image")
+    run_train(capsys, flat, tmp_path, "notes.jpg", "not an image file")
 
 
 def test_zero_byte_image(capsys, tmp_path, flat):
     (flat / "images" / "zero.jpg").write_bytes(b"")
     write_mask(flat / "annotations" / "zero.png")
-    run_train(capsys, flat, tmp_path, "zero.jpg", "cannot read image")
+    run_train(capsys, flat, tmp_path, "zero.jpg", "empty file")
 
 
 def test_zero_byte_mask(capsys, tmp_path, flat):
     (flat / "annotations" / "img_03.png").write_bytes(b"")
-    run_train(capsys, flat, tmp_path, "img_03.png", "cannot read mask")
+    run_train(capsys, flat, tmp_path, "img_03.png", "empty file")
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
@@ -146,7 +146,7 @@ def test_colour_mask(capsys, tmp_path, flat):
 def test_several_bad_files_each_get_a_line(capsys, tmp_path, flat):
     (flat / "images" / "img_00.png").write_bytes(b"")
     write_mask(flat / "annotations" / "img_01.png", size=(8, 8))
-    errors = run_train(capsys, flat, tmp_path, "img_00.png", "cannot read image")
+    errors = run_train(capsys, flat, tmp_path, "img_00.png", "empty file")
     assert any("img_01.png" in line and "8x8" in line for line in errors)
 
 
@@ -268,7 +268,7 @@ def test_evaluate_bad_dataset(capsys, tmp_path, flat):
 
 def test_evaluate_checks_every_mask_it_scores(capsys, tmp_path, flat):
     """A flat dataset is scored whole (`--split auto`), so every mask must pass the class check."""
-    from segtune.data import load_data
+    from segtune.sources import load_data
 
     data = load_data(flat, val_split=0.2, seed=42)  # as cmd_evaluate loads it
     values = np.zeros((H, W), dtype=np.uint8)
@@ -284,7 +284,7 @@ def test_evaluate_checks_every_mask_it_scores(capsys, tmp_path, flat):
 
 
 def test_impossible_val_split(capsys, tmp_path, flat):
-    run_train(capsys, flat, tmp_path, "images", "cannot split 5 pairs with val_split=1.0", "--val-split", "1")
+    run_train(capsys, flat, tmp_path, "data", "cannot split 5 pairs with val_split=1.0", "--val-split", "1")
 
 
 def test_jpeg_mask(capsys, tmp_path, flat):

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segtune.data import check, checked_labels, load_data, read_mask, reduce_labels
+from segtune.checks import checked_labels
+from segtune.data import MaskRules, read_mask, reduce_labels
+from segtune.sources import load_data
 from segtune.errors import SegtuneError
 from segtune.labels import LabelSet, load_labels
 
@@ -161,8 +163,8 @@ def test_read_mask_with_and_without_reduction(tmp_path):
     path = write_mask(tmp_path / "m.png", values)
     plain = read_mask(path)
     assert plain.dtype == np.int64 and plain.tolist() == values.tolist()
-    assert read_mask(path, reduce=True).tolist() == [[255, 0, 1, 2], [149, 253, 255, 255]]
-    assert read_mask(path, reduce=True, ignore_index=11).tolist() == [[11, 0, 1, 2], [149, 253, 11, 11]]
+    assert read_mask(path, MaskRules(reduce_labels=True)).tolist() == [[255, 0, 1, 2], [149, 253, 255, 255]]
+    assert read_mask(path, MaskRules(reduce_labels=True, ignore_index=11)).tolist() == [[11, 0, 1, 2], [149, 253, 11, 11]]
 
 
 def test_16_bit_png_mask(tmp_path):
@@ -186,7 +188,7 @@ def test_grey_mask_saved_as_rgb_is_an_index_mask(tmp_path):
     values = np.array([[0, 1, 2], [7, 255, 3]], dtype=np.uint8)
     Image.fromarray(np.stack([values] * 3, axis=-1), mode="RGB").save(tmp_path / "g.png")
     assert read_mask(tmp_path / "g.png").tolist() == values.tolist()
-    assert read_mask(tmp_path / "g.png", reduce=True).tolist() == [[255, 0, 1], [6, 255, 2]]
+    assert read_mask(tmp_path / "g.png", MaskRules(reduce_labels=True)).tolist() == [[255, 0, 1], [6, 255, 2]]
 
 
 def test_colour_mask_is_refused(tmp_path):
@@ -274,7 +276,7 @@ def test_far_outside_ids_get_no_reduce_hint(tmp_path):
 def test_check_reports_every_bad_file_one_line_each(tmp_path):
     data = _dataset(tmp_path, [[[0, 5]], [[0, 1]], [[6, 1]]], [[[0, 7]]])
     with pytest.raises(SegtuneError) as info:
-        check(data, num_classes=3)
+        checked_labels(data, LabelSet.numbered(3))
     lines = str(info.value).splitlines()
     assert len(lines) == 3
     assert [Path(line.split(":")[0]).name for line in lines] == ["train0.png", "train2.png", "val0.png"]
@@ -282,7 +284,7 @@ def test_check_reports_every_bad_file_one_line_each(tmp_path):
 
 def test_check_only_the_asked_splits(tmp_path):
     data = _dataset(tmp_path, [[[0, 9]]], [[[0, 1]]])
-    check(data, splits=("val",), num_classes=3)
+    checked_labels(data, LabelSet.numbered(3), splits=("val",))
     assert data.mask_max == {"val": 1}
 
 
@@ -337,7 +339,7 @@ def test_ade20k_sample_as_flat_folder(shared):
         ("names: [a, b]\ncolors: [[1, 2, 3]]\n", "bad 'colors'"),
         ("ignore_index: none\n", "'ignore_index' must be an integer"),
         ("reduce_labels: 'false'\n", "'reduce_labels' must be true or false"),  # bool('false') is True
-        ("path: null\n", "'path' must be a folder name"),
+        ("path: null\n", "'path' must be a folder or file name"),
     ],
 )
 def test_malformed_yaml_entries_are_errors_naming_the_file(tmp_path, body, message):
@@ -371,14 +373,15 @@ def test_jpeg_masks_are_named_as_the_problem(tmp_path):
     root = make_flat(tmp_path / "flat", n=3)
     (root / "annotations" / "img_01.png").rename(root / "annotations" / "img_01.jpg")
     with pytest.raises(SegtuneError, match=r"img_01\.png: image has no mask \(img_01\.jpg is not a mask file"):
-        load_data(root)
+        checked_labels(load_data(root), None)
 
 
 def test_two_files_with_one_stem_are_an_error(tmp_path):
     root = make_flat(tmp_path / "flat", n=3)
     write_image(root / "images" / "img_01.jpg")
-    with pytest.raises(SegtuneError, match="two files share the name 'img_01'"):
-        load_data(root)
+    with pytest.raises(SegtuneError, match="two files share the name 'img_01'") as info:
+        checked_labels(load_data(root), None)
+    assert len(str(info.value).splitlines()) == 1  # its mask is not also reported as orphaned
 
 
 def test_hidden_and_other_files_are_skipped(tmp_path):

@@ -3,7 +3,9 @@
 import numpy as np
 from PIL import Image
 
-from segtune.data import check, load_data, read_image, read_mask
+from segtune.checks import checked_labels
+from segtune.data import read_image, read_mask
+from segtune.sources import load_data
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
@@ -46,7 +48,7 @@ def test_exif_orientation_is_applied_so_image_and_mask_line_up(tmp_path):
     top, bottom = np.array(image)[:20].mean(), np.array(image)[20:].mean()
     assert top > 200 and bottom < 50  # the stored left half is on top once upright
     data = load_data(tmp_path, val_split=0.5, seed=0)
-    check(data)  # no size mismatch reported
+    checked_labels(data, None)  # no size mismatch reported
     assert read_mask(tmp_path / "annotations" / "a.png").shape == (40, 20)
 
 

@@ -1,0 +1,2 @@
+"""segtune's benchmarks: each module is runnable as `python -m benchmarks.<name>` and writes
+benchmarks/results/<name>.json (see benchmarks/README.md)."""

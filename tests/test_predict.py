@@ -1,0 +1,322 @@
+"""Prediction: batching, sliding windows, TTA, the outputs of `segtune predict` and the error map."""
+
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segtune.cli import main
+from segtune.errors import SegtuneError
+from segtune.labels import LabelSet
+from segtune.predict import (
+    FoldedSegformerHead,
+    Segmenter,
+    collect_images,
+    load_probabilities,
+    slide_windows,
+    window_counts,
+)
+from segtune.visualize import error_map
+
+from .conftest import tiny_segformer
+
+SCALE = 32  # the tiny models' training scale (processor shortest_edge)
+
+
+def rgb(seed, width, height):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def processor(scale=SCALE):
+    from transformers import SegformerImageProcessorPil
+
+    return SegformerImageProcessorPil(size={"shortest_edge": scale}, do_reduce_labels=False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return tiny_segformer(3).eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny):
+    path = tmp_path_factory.mktemp("predict-model")
+    tiny.save_pretrained(path)
+    processor().save_pretrained(path)
+    LabelSet.from_names(["a", "b", "c"]).to_json(path / "labels.json")
+    return path
+
+
+class PixelModel(torch.nn.Module):
+    """A stand-in model whose logits are a fixed 1x1 conv of each input pixel (no downsampling):
+    exactly equivariant to flips and crops, so slide and TTA results are known in advance."""
+
+    def __init__(self, num_labels=3):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = torch.nn.Conv2d(3, num_labels, 1)
+        self.config = SimpleNamespace(id2label={i: f"c{i}" for i in range(num_labels)})
+
+    def forward(self, pixel_values):
+        return SimpleNamespace(logits=self.conv(pixel_values))
+
+
+def transformers_label_map(model, image):
+    """Plain transformers: processor, model, post_process_semantic_segmentation at the image size."""
+    proc = processor()
+    with torch.no_grad():
+        outputs = model(**proc(images=image, return_tensors="pt"))
+    return proc.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0].numpy()
+
+
+# ---------------------------------------------------------------- windows
+
+
+def test_slide_windows_follow_mmseg_grid():
+    # 682 x 512 (a 480 x 360 image at short side 512), crop 512, stride 341: two windows, the
+    # second shifted back to end at the right border; the overlap is covered twice.
+    windows = slide_windows(512, 682, 512, 341)
+    assert windows == [(0, 512, 0, 512), (0, 512, 170, 682)]
+    counts = window_counts(512, 682, windows)
+    assert counts[0, :170].tolist() == [1] * 170 and (counts[:, 170:512] == 2).all() and (counts[:, 512:] == 1).all()
+
+    windows = slide_windows(1000, 1000, 512, 341)
+    assert [w[0] for w in windows[::3]] == [0, 341, 488]  # rows: 0, 341, then shifted back to 1000 - 512
+    assert all(y2 - y1 == 512 and x2 - x1 == 512 for y1, y2, x1, x2 in windows) and len(windows) == 9
+    counts = window_counts(1000, 1000, windows)
+    assert counts.min() >= 1 and counts.sum() == 9 * 512 * 512
+    assert counts[500, 500] == 9 and counts[400, 100] == 2 and counts[100, 100] == 1  # 488..511: all three rows
+
+    assert slide_windows(80, 100, 512, 341) == [(0, 80, 0, 100)]  # smaller than a window: one window
+    assert slide_windows(10, 30, (10, 12), (10, 9)) == [(0, 10, 0, 12), (0, 10, 9, 21), (0, 10, 18, 30)]
+
+
+def test_slide_averages_overlapping_window_logits():
+    segmenter = Segmenter(PixelModel(), processor(), LabelSet.numbered(3), crop_size=16, stride=5, batch_size=4)
+    pixel_values = segmenter.prepare(rgb(0, 48, 32)).inputs[0][1]
+    assert pixel_values.shape == (3, 32, 48)
+    assert len(slide_windows(32, 48, 16, 5)) > 20  # many overlaps, batched in chunks of 4
+    with torch.inference_mode():
+        slid = segmenter._slide(pixel_values)
+        whole = segmenter.model(pixel_values[None]).logits[0]
+    # each pixel's logits are its windows' (identical) logits summed and divided by their count
+    assert torch.allclose(slid, whole, atol=1e-5)
+
+
+def test_slide_equals_whole_on_an_image_within_one_window(tiny):
+    image = rgb(2, 45, 30)
+    whole = Segmenter(tiny, processor(), LabelSet.numbered(3), mode="whole")
+    slide = Segmenter(tiny, processor(), LabelSet.numbered(3), mode="slide", crop_size=64)
+    assert np.array_equal(slide(image), whole(image))
+    assert np.array_equal(whole(image), transformers_label_map(tiny, Image.fromarray(image)))
+
+
+def test_auto_mode_slides_only_over_long_images(tiny):
+    segmenter = Segmenter(tiny, processor(), LabelSet.numbered(3))  # crop = training scale = 32
+    assert segmenter.mode_for(480, 640) == "whole" and segmenter.mode_for(100, 300) == "slide"
+    item = segmenter.prepare(rgb(3, 200, 20))  # 200 x 20 -> 320 x 32 at the training scale: 10 crops long
+    assert item.mode == "slide" and tuple(item.inputs[0][1].shape) == (3, 32, 320)
+    label_map = segmenter(rgb(3, 200, 20))
+    assert label_map.shape == (20, 200) and label_map.min() >= 0 and label_map.max() < 3
+
+
+# ---------------------------------------------------------------- whole mode, batching
+
+
+def test_batched_prediction_equals_one_at_a_time_and_transformers(tiny):
+    sizes = [(40, 30), (30, 40), (40, 30), (50, 50), (40, 30), (30, 40), (40, 30), (64, 48)]
+    images = [Image.fromarray(rgb(i, w, h)) for i, (w, h) in enumerate(sizes)]
+    batched = Segmenter(tiny, processor(), LabelSet.numbered(3), batch_size=3, num_workers=2)
+    single = Segmenter(tiny, processor(), LabelSet.numbered(3), batch_size=1, num_workers=0)
+    passes = []
+    hook = tiny.register_forward_pre_hook(lambda m, args, kwargs: passes.append(kwargs["pixel_values"].shape),
+                                          with_kwargs=True)
+    try:
+        got = batched.predict(images)
+    finally:
+        hook.remove()
+    assert max(shape[0] for shape in passes) == 3 and len(passes) < len(images)  # batches were formed
+    assert sum(shape[0] for shape in passes) == len(images)
+    for image, label_map in zip(images, got):
+        assert label_map.shape == (image.height, image.width)
+        assert np.array_equal(label_map, single(image))
+        assert np.array_equal(label_map, transformers_label_map(tiny, image))
+
+
+def test_segmenter_from_pretrained_probabilities_and_overlay(model_dir):
+    segmenter = Segmenter.from_pretrained(model_dir, device="cpu")
+    image = rgb(4, 40, 30)
+    label_map, probs = segmenter.predict([image], probabilities=True)[0]
+    assert probs.shape == (3, 30, 40) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(0), 1, atol=1e-5) and np.array_equal(probs.argmax(0), label_map)
+    drawn = segmenter.overlay(image, alpha=1.0)
+    assert drawn.shape == (30, 40, 3) and np.array_equal(drawn, segmenter.labels.colors[label_map])
+    with pytest.raises(SegtuneError, match="--device"):
+        Segmenter.from_pretrained(model_dir, device="tpu")
+
+
+def test_bfloat16_runs_and_mostly_agrees(model_dir):
+    image = rgb(5, 64, 48)
+    full = Segmenter.from_pretrained(model_dir, device="cpu")(image)
+    half = Segmenter.from_pretrained(model_dir, device="cpu", dtype="bfloat16")(image)
+    assert half.shape == full.shape and (half == full).mean() > 0.5
+
+
+def test_folded_head_matches_the_original_head(tiny):
+    pixel_values = processor()(images=Image.fromarray(rgb(6, 64, 48)), return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        tiny.decode_head.batch_norm.running_mean.normal_()  # non-trivial BatchNorm statistics to fold
+        tiny.decode_head.batch_norm.running_var.uniform_(0.5, 2.0)
+        try:
+            want = tiny(pixel_values=pixel_values).logits
+            original, tiny.decode_head = tiny.decode_head, FoldedSegformerHead(tiny.decode_head)
+            got = tiny(pixel_values=pixel_values).logits
+        finally:
+            tiny.decode_head = original
+            tiny.decode_head.batch_norm.reset_running_stats()
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+# ---------------------------------------------------------------- TTA
+
+
+def test_tta_with_one_scale_and_no_flip_equals_whole(tiny):
+    image = rgb(7, 50, 34)
+    whole = Segmenter(tiny, processor(), LabelSet.numbered(3), mode="whole")
+    tta = Segmenter(tiny, processor(), LabelSet.numbered(3), mode="whole", tta=True, scales=(1.0,), flip=False)
+    assert np.array_equal(tta(image), whole(image))
+
+
+def test_tta_flip_leaves_a_flip_equivariant_model_unchanged():
+    model, image = PixelModel(), rgb(8, 48, 32)
+    whole = Segmenter(model, processor(), LabelSet.numbered(3), mode="whole")
+    flipped = Segmenter(model, processor(), LabelSet.numbered(3), mode="whole", tta=True, scales=(1.0,), flip=True)
+    assert np.array_equal(flipped(image), whole(image))
+    assert np.array_equal(flipped.probabilities(image), whole.probabilities(image))
+
+
+def test_full_tta_averages_probabilities(tiny):
+    image = rgb(9, 40, 32)
+    segmenter = Segmenter(tiny, processor(64), LabelSet.numbered(3), tta=True)  # 6 scales x 2 flips
+    assert [ratio for ratio, _ in segmenter.prepare(image).inputs] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    assert [tuple(pv.shape[-2:]) for _, pv in segmenter.prepare(image).inputs][::5] == [(32, 40), (112, 140)]
+    label_map, probs = segmenter.predict([image], probabilities=True)[0]
+    assert probs.shape == (3, 32, 40) and np.allclose(probs.sum(0), 1, atol=1e-5)
+    assert np.array_equal(label_map, probs.argmax(0))
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def test_collect_images_files_folders_globs_and_recursion(tmp_path):
+    for rel in ("a.png", "b.jpg", "sub/c.png", "sub/deeper/d.png", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb(0, 8, 8)).save(tmp_path / rel, format="PNG") if rel.endswith(".png") else \
+            (tmp_path / rel).write_bytes(b"x")
+    Image.fromarray(rgb(0, 8, 8)).save(tmp_path / "b.jpg")
+    assert [e.name for e in collect_images([tmp_path])] == ["a", "b"]
+    assert [e.name for e in collect_images([tmp_path], recursive=True)] == ["a", "b", "sub/c", "sub/deeper/d"]
+    assert [e.name for e in collect_images([str(tmp_path / "**" / "*.png")])] == ["a", "c", "d"]
+    assert [e.name for e in collect_images([tmp_path / "a.png", tmp_path / "a.png"])] == ["a"]  # given twice
+    with pytest.raises(SegtuneError, match="no image matches"):
+        collect_images([str(tmp_path / "*.tif")])
+    (tmp_path / "other").mkdir()
+    Image.fromarray(rgb(0, 8, 8)).save(tmp_path / "other" / "a.png")
+    with pytest.raises(SegtuneError, match="both would be written"):
+        collect_images([tmp_path / "a.png", tmp_path / "other" / "a.png"])
+
+
+# ---------------------------------------------------------------- the command
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i, (name, size) in enumerate([("p0", (40, 30)), ("p1", (30, 40)), ("sub/p2", (40, 30))]):
+        Image.fromarray(rgb(10 + i, *size)).save(folder / f"{name}.png")
+    return folder
+
+
+def test_predict_command_writes_every_output(model_dir, photos, tmp_path):
+    out = tmp_path / "out"
+    args = ["predict", "--model", model_dir, photos, "--recursive", "--output-dir", out, "--save-probs",
+            "--batch-size", "2", "--alpha", "0.4"]
+    assert main([str(a) for a in args]) == 0
+    segmenter = Segmenter.from_pretrained(model_dir)
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in records] == [str(photos / n) for n in ("p0.png", "p1.png", "sub/p2.png")]
+    for name, record in zip(("p0", "p1", "sub/p2"), records):
+        image = np.array(Image.open(photos / f"{name}.png"))
+        want = segmenter(image)
+        label_png = Image.open(out / f"{name}.png")
+        assert label_png.mode == "P" and np.array_equal(np.array(label_png), want)
+        assert np.array_equal(np.array(Image.open(out / "color" / f"{name}.png")), segmenter.labels.colors[want])
+        assert Image.open(out / "overlay" / f"{name}.jpg").size == (image.shape[1], image.shape[0])
+        probs = load_probabilities(out / "probs" / f"{name}.npz")
+        assert probs.shape == (3, *image.shape[:2]) and np.abs(probs.sum(0) - 1).max() <= 3 / 255
+        at_label = np.take_along_axis(probs, want[None], 0)[0]
+        assert (at_label >= probs.max(0) - 1 / 255).all()  # the label's probability is the largest, to rounding
+        shares = record["class_share"]
+        assert abs(sum(shares.values()) - 1) < 1e-4 and record["mode"] == "whole" and record["size"] == [
+            image.shape[1], image.shape[0]]
+        for cls, share in shares.items():
+            assert share == pytest.approx((want == segmenter.labels.names.index(cls)).mean(), abs=1e-6)
+
+
+def test_predict_skips_done_images_unless_overwrite(model_dir, photos, tmp_path):
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model_dir), str(photos / "p0.png"), "--output-dir", str(out)]) == 0
+    first = (out / "p0.png").stat().st_mtime_ns
+    os.utime(out / "p0.png", ns=(first - 10**9, first - 10**9))
+    before = (out / "p0.png").stat().st_mtime_ns
+    assert main(["predict", "--model", str(model_dir), str(photos), "--output-dir", str(out)]) == 0
+    assert (out / "p0.png").stat().st_mtime_ns == before  # skipped
+    assert (out / "p1.png").is_file()
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["image"] for line in lines] == [str(photos / "p0.png"), str(photos / "p1.png")]
+    assert main(["predict", "--model", str(model_dir), str(photos), "--output-dir", str(out), "--overwrite"]) == 0
+    assert (out / "p0.png").stat().st_mtime_ns != before
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+def test_predict_show_gt_draws_four_panels(model_dir, photos, tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name, (w, h) in (("p0", (40, 30)), ("p1", (30, 40))):
+        values = np.random.default_rng(0).integers(0, 3, (h, w))
+        values[:4] = 255
+        Image.fromarray(values.astype(np.uint8)).save(masks / f"{name}.png")
+    out = tmp_path / "out"
+    args = ["predict", "--model", model_dir, photos, "--output-dir", out, "--show-gt", masks]
+    assert main([str(a) for a in args]) == 0
+    with Image.open(out / "compare" / "p0.png") as figure:
+        assert figure.format == "PNG" and figure.width > 3 * figure.height  # four panels side by side
+    record = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    gt = np.array(Image.open(masks / "p0.png")).astype(np.int64)
+    pred = np.array(Image.open(out / "p0.png"))
+    assert record["pixel_accuracy"] == pytest.approx((gt == pred)[gt != 255].mean(), abs=1e-6)
+
+
+def test_predict_refuses_a_folder_of_other_files(model_dir, photos, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    args = ["predict", "--model", str(model_dir), str(photos), "--output-dir", str(tmp_path / "out")]
+    assert main(args) == 1 and "not empty" in capsys.readouterr().err
+
+
+def test_error_map_pixels():
+    image = np.full((2, 3, 3), 100, dtype=np.uint8)
+    gt = np.array([[0, 1, 255], [2, 2, 1]])
+    pred = np.array([[0, 2, 1], [2, 0, 1]])
+    out = error_map(image, gt, pred)
+    assert out[0, 0].tolist() == [30, 30, 30]  # correct: the image darkened
+    assert out[0, 1].tolist() == [255, 0, 0] and out[1, 1].tolist() == [255, 0, 0]  # wrong: red
+    assert out[0, 2].tolist() == [128, 128, 128]  # ignored: grey, whatever the prediction
+    with pytest.raises(SegtuneError):
+        error_map(image, gt[:1], pred)

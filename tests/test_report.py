@@ -1,0 +1,220 @@
+"""`segtune report`: per-image scores, the saved scores, the pictures and the page in a real browser."""
+
+import html
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segtune.cli import main
+from segtune.evaluate import EvalDataset, evaluate_model
+from segtune.metrics import ConfusionMatrix
+from segtune.report import ImageScores, normalised_confusion, read_log, write_report
+from segtune.sources import load_data
+from segtune.transforms import ProcessorTransform
+
+from .conftest import tiny_segformer
+
+GALLERY = 3
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, demo_dataset):
+    """A run folder as `segtune train` leaves it (model, processor, labels, metrics, log), untrained."""
+    from segtune.model import training_processor
+
+    data = load_data(demo_dataset)
+    data.reduce_labels = True
+    path = tmp_path_factory.mktemp("report-run")
+    torch.manual_seed(0)
+    model = tiny_segformer(len(data.labels)).eval()
+    model.save_pretrained(path)
+    processor = training_processor("mit-b0", 64)
+    processor.save_pretrained(path)
+    data.labels.to_json(path / "labels.json")
+    names = data.labels.names
+    metrics = {"mean_iou": 0.25, "mean_accuracy": 0.5, "overall_accuracy": 0.75, "step": 8,
+               "per_category_iou": {n: (None if i == 3 else i / 10) for i, n in enumerate(names)},
+               "per_category_accuracy": {n: 0.5 for n in names}}
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    lines = []
+    for step in range(1, 9):
+        lines.append({"step": step, "loss": 2 / step, "learning_rate": 1e-3 * (1 - step / 9), "grad_norm": 1.0})
+        if step % 4 == 0:
+            lines.append({"step": step, "eval_mean_iou": step / 20})
+    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return SimpleRun(path, data, model, processor)
+
+
+class SimpleRun:
+    def __init__(self, path, data, model, processor):
+        self.path, self.data, self.model, self.processor = path, data, model, processor
+
+
+@pytest.fixture(scope="module")
+def report(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    page = write_report(run.path, model=run.model, processor=run.processor, samples=run.data.val,
+                        rules=run.data.rules, labels=run.data.labels, gallery_size=GALLERY, output_dir=out,
+                        progress=False)
+    return page
+
+
+def test_image_scores_by_hand():
+    scores = ImageScores(num_classes=3, ignore_index=255, keep=2)
+    label = torch.tensor([[0, 0], [1, 1]])
+    scores(0, label, torch.tensor([[0, 1], [1, 1]]))  # IoU class 0: 1/2, class 1: 2/3; 3 of 4 pixels right
+    scores(1, label, label)  # perfect
+    scores(2, torch.tensor([[255, 255]]), torch.tensor([[0, 1]]))  # nothing scored
+    scores(3, torch.tensor([[0, 255]]), torch.tensor([[2, 2]]))  # class 0: 0, class 2: 0 -> 0
+    assert scores.scores[0] == pytest.approx(((0.5 + 2 / 3) / 2, 0.75))
+    assert scores.scores[1] == (1.0, 1.0)
+    assert all(np.isnan(scores.scores[2]))
+    assert scores.scores[3] == (0.0, 0.0)
+    worst = scores.worst()
+    assert [(i, round(iou, 4)) for i, iou, _ in worst] == [(3, 0.0), (0, 0.5833)]  # the two lowest, lowest first
+    assert worst[1][2].tolist() == [[0, 1], [1, 1]]
+
+
+def test_normalised_confusion_rows_sum_to_one():
+    norm = normalised_confusion(np.array([[3, 1], [0, 0]]))
+    assert norm[0].tolist() == [0.75, 0.25] and np.isnan(norm[1]).all()
+
+
+def test_read_log_keeps_the_last_record_of_a_step(tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 3}\n{"step": 2, "loss": 2}\n{"step": 2, "loss": 1.5}\n'
+                                        'not json\n')
+    from segtune.report import _series
+
+    assert _series(read_log(tmp_path / "log.jsonl"), "loss") == ([1, 2], [3, 1.5])
+
+
+def test_report_scores_match_the_evaluator(run, report):
+    out = report.parent
+    data = run.data
+    cm = evaluate_model(run.model, EvalDataset(data.val, ProcessorTransform(run.processor), data.rules),
+                        len(data.labels), data.ignore_index, progress=False)
+    saved = json.loads((out / "confusion_matrix.json").read_text())
+    n = len(data.labels)
+    assert saved["classes"] == list(data.labels.names)
+    assert np.array_equal(np.array(saved["matrix"]), cm.mat[:n, :n].numpy())
+
+    per_image = json.loads((out / "per_image_iou.json").read_text())
+    assert [p["image"] for p in per_image] == [s.name for s in data.val]
+    for entry, sample in zip(per_image, data.val):  # each image scored on its own, as the evaluator would
+        one = evaluate_model(run.model, EvalDataset([sample], ProcessorTransform(run.processor), data.rules),
+                             n, data.ignore_index, progress=False).compute()
+        assert entry["mean_iou"] == pytest.approx(one["mean_iou"], abs=1e-12)
+        assert entry["pixel_accuracy"] == pytest.approx(one["overall_accuracy"], abs=1e-12)
+
+    gallery = sorted((out / "report").glob("gallery_*.png"))
+    lowest = sorted(per_image, key=lambda p: p["mean_iou"])[:GALLERY]
+    assert [g.name.split("_", 2)[2] for g in gallery] == [f"{p['image'].rsplit('/', 1)[1].rsplit('.', 1)[0]}.png"
+                                                         for p in lowest]
+    for name in ("per_class_iou.png", "confusion_matrix.png", "training_curves.png", *(g.name for g in gallery)):
+        with Image.open(out / "report" / name) as picture:
+            picture.load()
+            assert picture.format == "PNG" and picture.width > 100
+
+
+def test_report_page_is_self_contained(report):
+    page = report.read_text()
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert len(sources) == 3 + GALLERY and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "0.2500" in page and "n/a" in page and "rock" in page  # the metrics table
+
+
+def test_report_command_rescore_then_rebuild_without_data(run, demo_dataset, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(run.path, folder)
+    assert main(["report", str(folder), "--data", str(demo_dataset), "--reduce-labels", "--gallery", "2"]) == 0
+    assert len(list((folder / "report").glob("gallery_*.png"))) == 2
+    (folder / "report.html").unlink()
+    assert main(["report", str(folder)]) == 0  # from the saved scores and pictures
+    page = (folder / "report.html").read_text()
+    assert page.count("<img ") == 3 + 2 and "Not computed" not in page
+
+
+def test_report_of_an_evaluation_without_scores(tmp_path, capsys):
+    names = ["road", "car"]
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "mean_iou": 0.5, "mean_accuracy": 0.6, "overall_accuracy": 0.7, "num_images": 3,
+        "per_category_iou": {"road": 0.9, "car": 0.1}, "per_category_accuracy": {"road": 0.95, "car": 0.2}}))
+    assert main(["report", str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<img ") == 1 and "Not computed" in page and "No training log" in page
+    assert all(n in page for n in names) and not (tmp_path / "report" / "training_curves.png").exists()
+    assert main(["report", str(tmp_path / "nothing")]) == 1 and "no metrics.json" in capsys.readouterr().err
+
+
+def test_write_report_takes_a_pass_already_made(run, tmp_path):
+    """What `segtune evaluate` does: its own evaluation pass feeds the report (no second pass)."""
+    data, n = run.data, len(run.data.labels)
+    scores = ImageScores(n, data.ignore_index, keep=2)
+    cm = evaluate_model(run.model, EvalDataset(data.val, ProcessorTransform(run.processor), data.rules), n,
+                        data.ignore_index, progress=False, on_item=scores)
+    (tmp_path / "metrics.json").write_text((run.path / "metrics.json").read_text())
+    page = write_report(tmp_path, labels=data.labels, samples=data.val, rules=data.rules, confusion=cm,
+                        scores=scores, gallery_size=2)
+    assert isinstance(cm, ConfusionMatrix) and page.read_text().count("<img ") == 3 + 2 - 1  # no training log
+    assert len(json.loads((tmp_path / "per_image_iou.json").read_text())) == len(data.val)
+
+
+# ---------------------------------------------------------------- a real browser
+
+CHECK = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
+  const sizes = images.map(i => [i.naturalWidth, i.naturalHeight]);
+  const out = document.createElement("pre");
+  out.id = "segtune-check";
+  out.textContent = JSON.stringify({images: images.length, broken: broken, sizes: sizes});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("no Chromium here (Debian: apt-get install -y chromium)")
+
+
+def browser_check(page: str, tmp_path):
+    """Opens `page` in headless Chromium: (what the check script saw, console lines)."""
+    browser = chromium()
+    checked = tmp_path / "checked.html"  # the page plus a script that reports what the browser loaded
+    checked.write_text(page.replace("</body>", CHECK + "</body>"))
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = re.search(r'<pre id="segtune-check">(.*?)</pre>', result.stdout, re.S)
+    assert found, result.stdout[-2000:]
+    return json.loads(html.unescape(found.group(1))), [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+
+
+def test_report_in_headless_chromium(report, tmp_path):
+    check, console = browser_check(report.read_text(), tmp_path)
+    assert check["images"] == 3 + GALLERY and check["broken"] == []
+    pngs = [Image.open(p).size for p in sorted((report.parent / "report").glob("*.png"))]
+    assert sorted(map(tuple, check["sizes"])) == sorted(pngs)  # every picture decoded at its full size
+    assert console == [], console  # no console messages: no errors, no warnings
+
+
+def test_the_browser_check_sees_broken_images_and_errors(tmp_path):
+    page = ('<!doctype html><html><body><img alt="gone" src="missing.png">'
+            '<img alt="bad" src="data:image/png;base64,AAAA"><script>notDefined()</script></body></html>')
+    check, console = browser_check(page, tmp_path)
+    assert check["broken"] == ["gone", "bad"] and any("notDefined" in line for line in console)
