@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", default=None, help="continue from the newest checkpoint")
     train.add_argument("--overwrite", action="store_true", default=None, help="write into a non-empty output folder")
     train.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true", default=None)
+    train.add_argument("--no-report", dest="report", action="store_false", default=None,
+                       help="no report.html at the end (metrics, curves, confusion matrix, lowest-IoU images)")
 
     ev = sub.add_parser("evaluate", help="score a model or saved predictions against masks")
     _add_common(ev, "runs/evaluate")
@@ -114,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: the validation split when the data defines one, else every pair")
     ev.add_argument("--batch-size", dest="batch_size", type=int, default=2)
     ev.add_argument("--num-workers", dest="num_workers", type=int, default=0)
+    ev.add_argument("--no-report", dest="report", action="store_false",
+                    help="no report.html (confusion matrix, lowest-IoU images)")
 
     pr = sub.add_parser("predict", help="segment images with a trained model")
     pr.add_argument("inputs", nargs="+", help="image files, folders or glob patterns ('photos/*.jpg')")
@@ -179,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 SEGTUNE_TRAIN_KEYS = {"data", "model", "labels", "reduce_labels", "ignore_index", "val_split", "base_size",
                       "crop_size", "scale_range", "flip", "resume", "overwrite", "trust_remote_code", "skip_bad",
                       "num_workers", "early_stopping", "overfit", "cat_max_ratio", "photometric", "recipe",
-                      "head_lr_mult", "loss", "class_weights", *SOURCE_KEYS}
+                      "head_lr_mult", "loss", "class_weights", "report", *SOURCE_KEYS}
 
 
 def _training_argument_parser():
@@ -280,13 +284,18 @@ def cmd_evaluate(ns, rest) -> None:
     samples = {"val": data.val, "train": data.train, "all": data.train + data.val}[split]
     if not samples:
         raise SegtuneError(f"{ns.data}: the {split} split is empty")
+    from .report import ImageScores
+
+    # each image's score for the report's gallery, taken in the one scoring pass
+    scores = ImageScores(len(labels), data.ignore_index) if ns.report else None
     if model is not None:
         from .transforms import ProcessorTransform
 
         dataset = EvalDataset(samples, ProcessorTransform(processor), data.rules)
-        cm = evaluate_model(model, dataset, len(labels), data.ignore_index, ns.batch_size, ns.num_workers)
+        cm = evaluate_model(model, dataset, len(labels), data.ignore_index, ns.batch_size, ns.num_workers,
+                            on_item=scores)
     else:
-        cm = evaluate_predictions(samples, ns.predictions, len(labels), data.rules)
+        cm = evaluate_predictions(samples, ns.predictions, len(labels), data.rules, on_item=scores)
     metrics = cm.compute()
     print(format_table(metrics, labels.names))
     ns.output_dir.mkdir(parents=True, exist_ok=True)
@@ -294,10 +303,16 @@ def cmd_evaluate(ns, rest) -> None:
     out.update(num_images=len(samples), data=str(ns.data), source=str(ns.model or ns.predictions))
     (ns.output_dir / "metrics.json").write_text(json.dumps(out, indent=2))
     print(f"metrics written to {ns.output_dir / 'metrics.json'}")
+    if ns.report:
+        from .report import write_report_or_warn
+
+        page = write_report_or_warn(ns.output_dir, labels=labels, samples=samples, rules=data.rules, confusion=cm,
+                                    scores=scores)
+        if page is not None:
+            print(f"report written to {page}")
 
 
 def cmd_predict(ns, rest) -> None:
-    from .data import MaskRules
     from .predict import Segmenter, check_output_dir, collect_images, predict_images
 
     images = collect_images(ns.inputs, recursive=ns.recursive)
@@ -311,11 +326,16 @@ def cmd_predict(ns, rest) -> None:
         from .labels import load_labels
 
         segmenter.labels = load_labels(ns.labels)
-    colors = segmenter.labels.colors if segmenter.labels.colors_given else None
-    rules = MaskRules(bool(ns.reduce_labels), 255 if ns.ignore_index is None else ns.ignore_index, colors=colors)
+    # --show-gt masks are read by the data file's rules (label_map, ignore_index, reduce_labels);
+    # the options given here replace them.
+    rules = {key: value for key, value in (("reduce_labels", ns.reduce_labels), ("ignore_index", ns.ignore_index))
+             if value is not None}
+    if ns.labels and segmenter.labels.colors_given:
+        rules["colors"] = segmenter.labels.colors
     records = predict_images(segmenter, images, ns.output_dir, alpha=ns.alpha, show_gt=ns.show_gt, rules=rules,
                              save_probs=ns.save_probs, overwrite=ns.overwrite)
-    print(f"{len(records)} images segmented into {ns.output_dir} (predictions.jsonl lists them)")
+    print(f"{len(records)} images segmented into {ns.output_dir} (predictions.jsonl lists them, "
+          "predict.json sums them up)")
 
 
 def cmd_report(ns, rest) -> None:

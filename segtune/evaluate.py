@@ -91,12 +91,14 @@ def evaluate_model(
     return cm
 
 
-def evaluate_predictions(samples: list, predictions_dir: Path, num_classes: int, rules: MaskRules) -> ConfusionMatrix:
-    """Scores label PNGs named like the images (`<stem>.png`, as `segtune predict` writes them)."""
+def evaluate_predictions(samples: list, predictions_dir: Path, num_classes: int, rules: MaskRules,
+                         on_item=None) -> ConfusionMatrix:
+    """Scores label PNGs named like the images (`<stem>.png`, as `segtune predict` writes them);
+    `on_item` as in `evaluate_model`, with the sample's position in `samples` as index."""
     from tqdm.auto import tqdm
 
     cm = ConfusionMatrix(num_classes, rules.ignore_index)
-    for s in tqdm(samples, desc="scoring", leave=False):
+    for index, s in enumerate(tqdm(samples, desc="scoring", leave=False)):
         pred_path = predictions_dir / (s.stem + ".png")
         if not pred_path.is_file():
             raise SegtuneError(f"{pred_path}: prediction missing for {s.mask_name}")
@@ -107,7 +109,10 @@ def evaluate_predictions(samples: list, predictions_dir: Path, num_classes: int,
                 f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} "
                 f"but {s.mask_name} is {label.shape[1]}x{label.shape[0]}"
             )
-        cm.update(torch.from_numpy(label), torch.from_numpy(pred))
+        label, pred = torch.from_numpy(label), torch.from_numpy(pred)
+        cm.update(label, pred)
+        if on_item is not None:
+            on_item(index, label, pred)
     return cm
 
 

@@ -21,11 +21,13 @@ model runs, and outputs are written by other threads.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
 import threading
-from collections import deque
+import time
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -494,17 +496,63 @@ def collect_images(inputs: list[str], recursive: bool = False) -> list[InputImag
     return unique
 
 
-def ground_truth_masks(path: Path) -> dict:
-    """Pairs by image stem (each has `.read_mask(rules)`), from any dataset `load_data` reads, or a
-    plain folder of masks."""
+def ground_truth_masks(path: Path) -> tuple[list, MaskRules | None]:
+    """The ground-truth pairs (each has `.stem` and `.read_mask(rules)`) of a plain folder of masks (its
+    sub-folders too) or of any dataset `load_data` reads, and that dataset's own mask rules (a data
+    file's label_map, ignore_index, reduce_labels, colours); None for a plain folder."""
     from .data import MASK_SUFFIXES
     from .sources import load_data
 
     if path.is_dir() and not (path / "annotations").is_dir() and not any(path.glob("*.parquet")) \
             and not (path / "dataset_dict.json").is_file():
-        return {p.stem: Sample(p, p) for p in sorted(path.iterdir()) if p.suffix.lower() in MASK_SUFFIXES}
+        masks = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in MASK_SUFFIXES
+                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        return [Sample(p, p) for p in masks], None
     data = load_data(path)
-    return {s.stem: s for s in data.train + data.val}
+    return data.train + data.val, data.rules
+
+
+def _path_parts(pair) -> tuple[str, ...]:
+    image = getattr(pair, "image", None)  # `datasets` rows have no file: their stem is the row number
+    return Path(image).with_suffix("").parts if image is not None else (pair.stem,)
+
+
+def match_ground_truth(entries: list[InputImage], pairs: list, source) -> dict:
+    """Each image's ground-truth pair, by output name: among the pairs of the image's stem, those whose
+    path ends with the image's relative path (--recursive: sub-folders mirrored), else all of them;
+    the shortest path of these wins (masks/x.png before masks/vis/x.png). Two equally near pairs, or
+    one pair taken by two images, is an error: a wrong mask would be compared silently."""
+    by_stem: dict[str, list] = {}
+    for pair in pairs:
+        by_stem.setdefault(pair.stem, []).append(pair)
+    matched, taken = {}, {}
+    for e in entries:
+        parts = Path(e.name).parts
+        candidates = by_stem.get(parts[-1], [])
+        candidates = [p for p in candidates if _path_parts(p)[-len(parts):] == parts] or candidates
+        if not candidates:
+            raise SegtuneError(f"{e.path}: no ground-truth mask for '{e.name}' in {source}")
+        nearest = sorted(candidates, key=lambda p: len(_path_parts(p)))
+        if len(nearest) > 1 and len(_path_parts(nearest[0])) == len(_path_parts(nearest[1])):
+            raise SegtuneError(f"{nearest[0].mask_name} and {nearest[1].mask_name}: both could be the ground truth "
+                               f"of {e.path}; give the mask folder whose sub-folders mirror the images'")
+        pair = nearest[0]
+        if id(pair) in taken:
+            raise SegtuneError(f"{taken[id(pair)].path} and {e.path}: both would take the ground truth "
+                               f"{pair.mask_name}; give a mask folder whose sub-folders mirror the images'")
+        matched[e.name], taken[id(pair)] = pair, e
+    return matched
+
+
+def _mask_rules(rules, gt_rules: MaskRules | None, labels: LabelSet) -> MaskRules:
+    """`rules` itself when a MaskRules; else the ground truth's own rules (for colour masks without
+    colours of their own, the model's class colours) with the fields of a dict `rules` replacing them."""
+    if isinstance(rules, MaskRules):
+        return rules
+    base = gt_rules or MaskRules()
+    if base.colors is None and labels.colors_given:
+        base = dataclasses.replace(base, colors=labels.colors)
+    return dataclasses.replace(base, **(rules or {}))
 
 
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -602,16 +650,19 @@ def predict_images(
     *,
     alpha: float = 0.5,
     show_gt: Path | None = None,
-    rules: MaskRules = MaskRules(),
+    rules: MaskRules | dict | None = None,
     save_probs: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> list[dict]:
     """Writes, per image: OUT/<name>.png (class ids), color/, overlay/ (and compare/, probs/) and a
-    predictions.jsonl line; images whose outputs all exist are skipped unless `overwrite`.
-    `images`: paths or `InputImage`s. Returns the records of every image, in input order."""
+    predictions.jsonl line; images whose outputs all exist are skipped unless `overwrite`; then
+    OUT/predict.json, the run's summary. `images`: paths or `InputImage`s. `rules` reads the `show_gt`
+    masks: a MaskRules as is; None, the ground truth's own (a data file's); a dict, those with some
+    fields replaced (`{"ignore_index": 11}`). Returns the records of every image, in input order."""
     from tqdm.auto import tqdm
 
+    started = time.perf_counter()
     if not 0.0 <= alpha <= 1.0:
         raise SegtuneError(f"--alpha {alpha}: must be between 0 and 1")
     entries = [e if isinstance(e, InputImage) else InputImage(Path(e), Path(e).stem) for e in images]
@@ -624,14 +675,11 @@ def predict_images(
             and all(p.is_file() for p in paths[e.name].values())}
     todo = [e for e in entries if e.name not in done]
 
-    gt_pairs = {}
+    gt_pairs, gt_rules = {}, None
     if show_gt is not None and todo:
-        masks = ground_truth_masks(Path(show_gt))
-        for e in todo:
-            stem = Path(e.name).name
-            if stem not in masks:
-                raise SegtuneError(f"{e.path}: no ground-truth mask for '{stem}' in {show_gt}")
-            gt_pairs[e.name] = masks[stem]
+        pairs, gt_rules = ground_truth_masks(Path(show_gt))
+        gt_pairs = match_ground_truth(entries, pairs, show_gt)  # all of them: a skipped image may share a mask
+    rules = _mask_rules(rules, gt_rules, segmenter.labels)
 
     records = {e.name: old[_key(paths[e.name]["label_map"])] for e in entries if e.name in done}
     workers = max(1, segmenter.num_workers)
@@ -668,4 +716,32 @@ def predict_images(
     tmp = jsonl.with_suffix(".jsonl.tmp")  # the final file: one line per image, this run's in input order
     tmp.write_text("".join(json.dumps(r) + "\n" for r in earlier + ordered))
     os.replace(tmp, jsonl)
+    summary = _summary(segmenter, ordered, len(todo), time.perf_counter() - started, show_gt)
+    (output_dir / "predict.json").write_text(json.dumps(summary, indent=2) + "\n")
     return ordered
+
+
+def _summary(segmenter: Segmenter, records: list[dict], segmented: int, seconds: float, show_gt) -> dict:
+    """predict.json: what ran, how fast, and the class pixel shares over all the images."""
+    pixels: dict[str, float] = {}
+    for r in records:
+        size = r["size"][0] * r["size"][1]
+        for name, share in r["class_share"].items():
+            pixels[name] = pixels.get(name, 0.0) + share * size
+    total = sum(pixels.values()) or 1.0
+    order = {name: i for i, name in enumerate(segmenter.labels.names)}
+    summary = {
+        "images": len(records), "segmented": segmented, "skipped": len(records) - segmented,
+        "model": getattr(segmenter.model, "name_or_path", None), "mode": segmenter.mode,
+        "modes_used": dict(Counter(r["mode"] for r in records)), "tta": segmenter.tta,
+        "device": str(segmenter.device), "dtype": str(segmenter.dtype).removeprefix("torch."),
+        "batch_size": segmenter.batch_size, "seconds": round(seconds, 3),
+        "images_per_second": round(segmented / seconds, 3) if segmented and seconds > 0 else None,
+        "class_share": {name: round(pixels[name] / total, 6)
+                        for name in sorted(pixels, key=lambda n: order.get(n, len(order)))},
+    }
+    if show_gt is not None:  # mean over the images with a pixel not ignored
+        accuracies = [r["pixel_accuracy"] for r in records if r.get("pixel_accuracy") is not None]
+        summary.update(ground_truth=str(show_gt),
+                       mean_pixel_accuracy=round(float(np.mean(accuracies)), 6) if accuracies else None)
+    return summary

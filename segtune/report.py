@@ -21,6 +21,7 @@ import heapq
 import html
 import io
 import json
+import logging
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,7 @@ from .metrics import ConfusionMatrix, metrics_to_json
 
 GALLERY_SIZE = 8
 REPORT_DIR = "report"  # the PNGs, beside report.html
+log = logging.getLogger("segtune")
 
 
 # ---------------------------------------------------------------- per-image scores
@@ -65,6 +67,17 @@ class ImageScores:
                 heapq.heappush(self._worst, entry)
             elif entry[:2] > self._worst[0][:2]:
                 heapq.heapreplace(self._worst, entry)
+
+    def gather(self) -> None:
+        """Under torch.distributed each rank scores its own share of the images: afterwards every rank
+        holds all the scores and the `keep` lowest overall. A no-op in a single process."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, (self.scores, self._worst))
+        self.scores = {index: score for scores, _ in parts for index, score in scores.items()}
+        self._worst = heapq.nlargest(self.keep, (entry for _, worst in parts for entry in worst), key=lambda e: e[:2])
+        heapq.heapify(self._worst)
 
     def worst(self) -> list[tuple[int, float, np.ndarray]]:
         """(index, mean IoU, prediction) of the kept images, lowest IoU first (ties: lower index)."""
@@ -348,12 +361,16 @@ def write_report(
             comparison_figure(np.asarray(image), mask, prediction, labels, path, ignore_index=rules.ignore_index,
                               title=f"{Path(_sample_names(sample)[0]).name}: mean IoU {iou:.3f}", dpi=80)
             gallery.append((caption, iou, path.read_bytes()))
-    elif saved_scores_path.is_file():  # an earlier report's gallery
+    elif saved_scores_path.is_file() and confusion is None:  # rebuilding: an earlier report's gallery
         per_image = json.loads(saved_scores_path.read_text())
         for path in sorted(pictures.glob("gallery_*.png"))[:gallery_size]:
             gallery.append((path.stem.split("_", 2)[-1], float("nan"), path.read_bytes()))
     else:
         per_image = None
+        if confusion is not None:  # a new pass without per-image scores: an earlier gallery would contradict it
+            saved_scores_path.unlink(missing_ok=True)
+            for old in pictures.glob("gallery_*.png"):
+                old.unlink()
 
     ious = [metrics.get("per_category_iou", {}).get(n) for n in names]
     accs = [metrics.get("per_category_accuracy", {}).get(n) for n in names]
@@ -370,6 +387,20 @@ def write_report(
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def write_report_or_warn(run_dir: str | Path, **kwargs) -> Path | None:
+    """`write_report` at the end of `train` and `evaluate`, whose results are saved by then: a failure
+    costs only the page, as one warning line, not the run."""
+    try:
+        return write_report(run_dir, **kwargs)
+    except Exception as e:  # noqa: BLE001 (whatever broke, the model and metrics.json stay)
+        page = Path(kwargs.get("output_dir") or run_dir) / "report.html"
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = text if isinstance(e, SegtuneError) else f"{type(e).__name__}: {text}"
+        log.warning("segtune: warning: %s: not written (%s); try again with `segtune report %s`", page, reason,
+                    run_dir)
+        return None
 
 
 def _page(run_dir, metrics, labels, ious, accs, saved_confusion, per_image, bar_png, cm_png, curves_png,
@@ -434,6 +465,7 @@ def _page(run_dir, metrics, labels, ious, accs, saved_confusion, per_image, bar_
         for caption, _, png in gallery:
             parts.append(f"<figure>{_img(png, caption)}<figcaption>{e(caption)}</figcaption></figure>")
     else:
-        parts.append('<p class="note">No per-image scores: run <code>segtune report RUN_DIR --data PATH</code>.</p>')
+        parts.append('<p class="note">No per-image scores (scoring saved predictions keeps none): '
+                     "<code>segtune report RUN_DIR --data PATH</code> scores a model.</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

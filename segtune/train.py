@@ -89,6 +89,7 @@ class TrainOptions:
     class_weights: str | None = None  # "auto" (from training pixel frequencies) or a file
     early_stopping: int | None = None  # evaluations without a better mean IoU before stopping
     overfit: int | None = None  # the seeds' sanity check on N images, augmentation off
+    report: bool = True  # report.html at the end, from the final evaluation
     callbacks: list = field(default_factory=list)  # extra TrainerCallbacks (Python use)
 
 
@@ -296,7 +297,22 @@ def run_training(opts: TrainOptions) -> dict:
                     trainer.state.global_step, opts.output_dir)
         raise KeyboardInterrupt
 
-    trainer.evaluate(metric_key_prefix="final")  # the best checkpoint, reloaded at the end
+    # The final evaluation of the best checkpoint (reloaded at the end): SegmentationTrainer.evaluate's
+    # pass, made here so that it also scores each image for the report (no second pass).
+    from .evaluate import evaluate_model
+    from .report import ImageScores, write_report_or_warn
+    from .trainer import SCALAR_METRICS
+
+    scores = ImageScores(len(labels), data.ignore_index) if opts.report and data.streaming is None else None
+    confusion = evaluate_model(trainer.model, val_set, len(labels), data.ignore_index,
+                               batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
+                               progress=not args.disable_tqdm, on_item=scores)
+    trainer.last_metrics = confusion.compute()
+    final = {f"final_{k}": trainer.last_metrics[k] for k in SCALAR_METRICS}
+    trainer.log(final)
+    trainer.control = trainer.callback_handler.on_evaluate(args, trainer.state, trainer.control, final)
+    if scores is not None:
+        scores.gather()  # several processes: each scored its own share of the images
     metrics = metrics_to_json(trainer.last_metrics, labels.names)
     metrics["step"] = trainer.state.global_step
     if opts.overfit is not None:
@@ -308,6 +324,12 @@ def run_training(opts: TrainOptions) -> dict:
         (opts.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         trainer.create_model_card()
         print(format_table(trainer.last_metrics, labels.names))
+        if opts.report:  # the model is saved first: a failed report costs only the page
+            page = write_report_or_warn(opts.output_dir, labels=labels, samples=None if scores is None else data.val,
+                                        rules=data.rules, confusion=confusion, scores=scores,
+                                        progress=not args.disable_tqdm)
+            if page is not None:
+                print(f"report written to {page}")
     if args.push_to_hub:
         trainer.push_to_hub()
     close_process_group()

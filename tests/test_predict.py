@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -301,6 +303,98 @@ def test_predict_show_gt_draws_four_panels(model_dir, photos, tmp_path):
     gt = np.array(Image.open(masks / "p0.png")).astype(np.int64)
     pred = np.array(Image.open(out / "p0.png"))
     assert record["pixel_accuracy"] == pytest.approx((gt == pred)[gt != 255].mean(), abs=1e-6)
+
+
+def test_predict_show_gt_reads_masks_by_the_data_files_rules(model_dir, photos, tmp_path):
+    """CamVid-style: void stored as 11 and ignored, and a label_map (7 -> 2); the command line wins."""
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    stored = {}
+    for seed, name in enumerate(("p0", "p1")):
+        shutil.copy(photos / f"{name}.png", data / "images" / f"{name}.png")
+        w, h = Image.open(photos / f"{name}.png").size
+        stored[name] = np.random.default_rng(seed).choice([0, 1, 7, 11], (h, w))
+        Image.fromarray(stored[name].astype(np.uint8)).save(data / "masks" / f"{name}.png")
+    (data / "data.yaml").write_text("train: images\ntrain_masks: masks\nnames: [a, b, c]\nignore_index: 11\n"
+                                    "label_map: {7: 2}\n")
+
+    def accuracies(out, *options):
+        args = ["predict", "--model", model_dir, photos, "--output-dir", out, "--show-gt", data / "data.yaml", *options]
+        assert main([str(a) for a in args]) == 0
+        return {Path(r["image"]).stem: r["pixel_accuracy"]
+                for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+
+    by_file = accuracies(tmp_path / "out")
+    by_option = accuracies(tmp_path / "out-255", "--ignore-index", "255")
+    for name, values in stored.items():
+        pred = np.array(Image.open(tmp_path / "out" / f"{name}.png"))
+        gt = np.where(values == 7, 2, values)
+        assert by_file[name] == pytest.approx((pred == gt)[gt != 11].mean(), abs=1e-6)  # 11 ignored, 7 read as 2
+        assert by_option[name] == pytest.approx((pred == gt).mean(), abs=1e-6)  # 11 scored: --ignore-index won
+    summary = json.loads((tmp_path / "out" / "predict.json").read_text())
+    assert summary["mean_pixel_accuracy"] == pytest.approx(np.mean(list(by_file.values())), abs=1e-6)
+
+
+def test_predict_show_gt_matches_masks_by_relative_path(model_dir, photos, tmp_path, capsys):
+    Image.fromarray(rgb(20, 40, 30)).save(photos / "sub" / "p0.png")  # two images named p0
+    mirrored = tmp_path / "mirrored"
+    for i, name in enumerate(("p0", "p1", "sub/p0", "sub/p2")):
+        size = Image.open(photos / f"{name}.png").size
+        (mirrored / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full(size[::-1], i % 3, dtype=np.uint8)).save(mirrored / f"{name}.png")
+    out = tmp_path / "out"
+    args = ["predict", "--model", model_dir, photos, "--recursive", "--output-dir", out, "--show-gt", mirrored]
+    assert main([str(a) for a in args]) == 0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert {r["image"]: r["ground_truth"] for r in records} == {
+        str(photos / f"{n}.png"): str(mirrored / f"{n}.png") for n in ("p0", "p1", "sub/p0", "sub/p2")}
+    for r in records:  # each image scored against its own mask (each mask one class)
+        name = Path(r["label_map"]).relative_to(out).with_suffix("").as_posix()
+        pred = np.array(Image.open(r["label_map"]))
+        want = ("p0", "p1", "sub/p0", "sub/p2").index(name) % 3
+        assert r["pixel_accuracy"] == pytest.approx((pred == want).mean(), abs=1e-6)
+
+    flat = tmp_path / "flat"  # one p0.png for two images named p0: which one is it?
+    flat.mkdir()
+    for name in ("p0", "p1", "sub/p2"):
+        shutil.copy(mirrored / f"{name}.png", flat / f"{Path(name).name}.png")
+    args[-1], args[-3] = flat, tmp_path / "out-flat"
+    assert main([str(a) for a in args]) == 1
+    err = capsys.readouterr().err
+    assert err.count("segtune: error:") == 1 and str(photos / "p0.png") in err and str(photos / "sub" / "p0.png") in err
+
+    twice = tmp_path / "twice"  # two masks named p1 in sub-folders, for an image outside both
+    for folder in ("a", "b"):
+        (twice / folder).mkdir(parents=True)
+        shutil.copy(mirrored / "p1.png", twice / folder / "p1.png")
+    args = ["predict", "--model", model_dir, photos / "p1.png", "--output-dir", tmp_path / "out-twice",
+            "--show-gt", twice]
+    assert main([str(a) for a in args]) == 1
+    err = capsys.readouterr().err
+    assert str(twice / "a" / "p1.png") in err and str(twice / "b" / "p1.png") in err
+
+
+def test_predict_writes_a_summary_json(model_dir, photos, tmp_path):
+    out = tmp_path / "out"
+    args = ["predict", "--model", model_dir, photos, "--recursive", "--output-dir", out, "--device", "cpu"]
+    assert main([str(a) for a in args]) == 0
+    summary = json.loads((out / "predict.json").read_text())
+    assert summary["images"] == summary["segmented"] == 3 and summary["skipped"] == 0
+    assert summary["model"] == str(model_dir) and summary["mode"] == "auto" and summary["modes_used"] == {"whole": 3}
+    assert summary["device"] == "cpu" and summary["dtype"] == "float32" and summary["tta"] is False
+    rate = summary["images_per_second"]  # of the unrounded seconds: agrees to the rounding of seconds
+    assert summary["seconds"] > 0 and rate * summary["seconds"] == pytest.approx(3, abs=0.0006 * rate + 0.001)
+    maps = [np.array(Image.open(out / f"{n}.png")) for n in ("p0", "p1", "sub/p2")]
+    ids, counts = np.unique(np.concatenate([m.ravel() for m in maps]), return_counts=True)
+    want = {["a", "b", "c"][i]: c / counts.sum() for i, c in zip(ids, counts)}
+    assert list(summary["class_share"]) == sorted(want) and summary["class_share"] == pytest.approx(want, abs=1e-5)
+    assert "mean_pixel_accuracy" not in summary
+
+    assert main([str(a) for a in args]) == 0  # everything done already: all skipped
+    again = json.loads((out / "predict.json").read_text())
+    assert (again["segmented"], again["skipped"], again["images_per_second"]) == (0, 3, None)
+    assert again["class_share"] == summary["class_share"]  # still the shares of all three images
 
 
 def test_predict_refuses_a_folder_of_other_files(model_dir, photos, tmp_path, capsys):

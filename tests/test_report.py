@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,9 +154,13 @@ def test_report_of_an_evaluation_without_scores(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 1 and "no metrics.json" in capsys.readouterr().err
 
 
-def test_write_report_takes_a_pass_already_made(run, tmp_path):
-    """What `segtune evaluate` does: its own evaluation pass feeds the report (no second pass)."""
+def test_write_report_takes_a_pass_already_made(run, tmp_path, monkeypatch):
+    """A pass already made (`evaluate_model(..., on_item=ImageScores(...))`) feeds the report, which then
+    runs no pass of its own (it is given no model to run)."""
+    import segtune.report
+
     data, n = run.data, len(run.data.labels)
+    monkeypatch.setattr(segtune.report, "score_model", None)  # a second pass would fail
     scores = ImageScores(n, data.ignore_index, keep=2)
     cm = evaluate_model(run.model, EvalDataset(data.val, ProcessorTransform(run.processor), data.rules), n,
                         data.ignore_index, progress=False, on_item=scores)
@@ -164,6 +169,126 @@ def test_write_report_takes_a_pass_already_made(run, tmp_path):
                         scores=scores, gallery_size=2)
     assert isinstance(cm, ConfusionMatrix) and page.read_text().count("<img ") == 3 + 2 - 1  # no training log
     assert len(json.loads((tmp_path / "per_image_iou.json").read_text())) == len(data.val)
+
+
+# ---------------------------------------------------------------- written by train and evaluate
+
+TRAIN_ARGS = ["--reduce-labels", "--base-size", "64", "--crop-size", "64", "--max_steps", "4", "--eval_steps", "2",
+              "--logging_steps", "1", "--per_device_train_batch_size", "4", "--dataloader-num-workers", "0",
+              "--disable_tqdm", "true", "--seed", "3"]
+
+
+def mean_iou_of(matrix) -> float:
+    matrix = np.asarray(matrix, dtype=np.float64)
+    inter, union = np.diag(matrix), matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
+    present = union > 0
+    return float((inter[present] / union[present]).mean())
+
+
+def counting_passes(monkeypatch):
+    """Counts the calls of evaluate_model (each a pass over the images), also the Trainer's."""
+    import segtune.evaluate
+    import segtune.trainer
+
+    calls = []
+    real = segtune.evaluate.evaluate_model
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    for module in (segtune.evaluate, segtune.trainer):
+        monkeypatch.setattr(module, "evaluate_model", counted)
+    return calls
+
+
+def test_train_writes_its_report_from_the_final_evaluation(demo_dataset, tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    passes = counting_passes(monkeypatch)
+    args = ["train", "--data", demo_dataset, "--model", tiny_model_dir, "--output-dir", out, *TRAIN_ARGS]
+    assert main([str(a) for a in args]) == 0
+    assert len(passes) == 3  # evaluations at steps 2 and 4, and the final one: the report made none
+
+    page = (out / "report.html").read_text()
+    with Image.open(out / "report" / "training_curves.png") as curves:
+        curves.load()
+        assert curves.width > 100
+    gallery = sorted((out / "report").glob("gallery_*.png"))
+    assert len(gallery) == 4  # every one of the 4 validation images (fewer than 8)
+    assert page.count("<img ") == 3 + 4 and "No training log" not in page and "Not computed" not in page
+    metrics = json.loads((out / "metrics.json").read_text())
+    saved = json.loads((out / "confusion_matrix.json").read_text())
+    assert mean_iou_of(saved["matrix"]) == pytest.approx(metrics["mean_iou"], abs=1e-12)  # the final pass's
+    per_image = json.loads((out / "per_image_iou.json").read_text())
+    splits = json.loads((out / "splits.json").read_text())
+    assert [p["image"] for p in per_image] == splits["val"]
+    final = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if "final_mean_iou" in line]
+    assert len(final) == 1 and final[0]["final_mean_iou"] == pytest.approx(metrics["mean_iou"], abs=1e-12)
+
+
+def test_a_failed_report_keeps_the_trained_model(demo_dataset, tiny_model_dir, tmp_path, caplog, monkeypatch):
+    import segtune.report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fonts today")
+
+    monkeypatch.setattr(segtune.report, "write_report", broken)
+    out = tmp_path / "run"
+    args = ["train", "--data", demo_dataset, "--model", tiny_model_dir, "--output-dir", out, *TRAIN_ARGS,
+            "--max_steps", "1", "--eval_steps", "1"]
+    assert main([str(a) for a in args]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("segtune: warning")]
+    assert len(warnings) == 1
+    page = out / "report.html"
+    assert warnings[0].startswith(f"segtune: warning: {page}: not written (RuntimeError: no fonts today)")
+    assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
+    assert not (out / "report.html").exists()
+
+
+def test_evaluate_writes_its_report_in_its_one_pass(run, demo_dataset, tmp_path, monkeypatch):
+    passes = counting_passes(monkeypatch)
+    args = ["evaluate", "--model", run.path, "--data", demo_dataset, "--reduce-labels", "--output-dir", tmp_path]
+    assert main([str(a) for a in args]) == 0
+    assert passes == [len(run.data.val)]  # one pass, for the metrics and the report together
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<img ") == 2 + len(run.data.val) and "No training log" in page  # bars, confusion, gallery
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    saved = json.loads((tmp_path / "confusion_matrix.json").read_text())
+    assert mean_iou_of(saved["matrix"]) == pytest.approx(metrics["mean_iou"], abs=1e-12)
+    assert len(list((tmp_path / "report").glob("gallery_*.png"))) == len(run.data.val)
+
+    quiet = tmp_path / "quiet"
+    assert main([str(a) for a in [*args[:-1], quiet, "--no-report"]]) == 0
+    assert (quiet / "metrics.json").is_file() and not (quiet / "report.html").exists()
+    assert not (quiet / "report").exists()
+
+
+def test_evaluate_predictions_writes_a_report_with_their_gallery(run, demo_dataset, tmp_path):
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    for i, sample in enumerate(run.data.val):
+        mask = sample.read_mask(run.data.rules).astype(np.uint8)
+        rows = 1 + 4 * i
+        mask[:rows] = np.where(mask[:rows] == 0, 1, 0)  # every pixel of the first rows wrong
+        Image.fromarray(mask).save(predictions / f"{sample.stem}.png")
+    out = tmp_path / "scored"  # where the model was evaluated before: its gallery must not stay
+    data_args = ["--data", demo_dataset, "--reduce-labels", "--output-dir", out]
+    assert main([str(a) for a in ["evaluate", "--model", run.path, *data_args]]) == 0
+    model_gallery = sorted(p.name for p in (out / "report").glob("gallery_*.png"))
+    assert model_gallery
+    assert main([str(a) for a in ["evaluate", "--predictions", predictions, *data_args]]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["source"] == str(predictions) and 0.5 < metrics["mean_iou"] < 1
+    saved = json.loads((out / "confusion_matrix.json").read_text())
+    assert mean_iou_of(saved["matrix"]) == pytest.approx(metrics["mean_iou"], abs=1e-12)
+    per_image = json.loads((out / "per_image_iou.json").read_text())
+    assert len(per_image) == len(run.data.val) and all(e["mean_iou"] < 1 for e in per_image)
+    # the gallery shows the lowest-IoU images of this pass, drawn from the saved label maps
+    gallery = sorted((out / "report").glob("gallery_*.png"))
+    lowest = sorted(per_image, key=lambda e: (e["mean_iou"], e["image"]))[: len(gallery)]
+    assert [p.name.split("_", 2)[2][:-4] for p in gallery] == [Path(e["image"]).stem for e in lowest]
+    page = (out / "report.html").read_text()
+    assert page.count("<img ") == 2 + len(gallery) and "Not computed" not in page
 
 
 # ---------------------------------------------------------------- a real browser
