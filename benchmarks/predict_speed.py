@@ -33,7 +33,8 @@ METHODS = {
     "pipeline": 'transformers.pipeline("image-segmentation"), one image at a time',
     "segtune-api": "Segmenter.predict (batch 4, 2 decode threads), label maps only",
     "segtune-cli": "segtune predict CLI (batch 4, 2 threads): label PNG, colour PNG, overlay JPEG per image",
-    "segtune-cli-fold": "segtune predict --fold-head (decode head folded: not bit-exact)",
+    "segtune-cli-fold": "segtune predict --fold-head (decode head folded; on CPU batch 1, channels-last): "
+                        "float rounding differs",
     "segtune-cli-bf16": "segtune predict --dtype bfloat16 (GPU only)",
 }
 DEFAULT_METHODS = ["seed", "pipeline", "segtune-api", "segtune-cli", "segtune-cli-fold"]

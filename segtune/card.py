@@ -11,6 +11,19 @@ LICENCE_NOTE = (
 )
 
 
+def public_name(value: str) -> str:
+    """A data or model location as a card may show it: Hub ids and relative paths as given; an
+    absolute path, or one climbing out with `..`, by its last part (no local folders published)."""
+    path = Path(value)
+    if path.is_absolute() or value.startswith("~") or ".." in path.parts:
+        return path.name or value
+    return value
+
+
+def _public(value):
+    return public_name(value) if isinstance(value, (str, Path)) else value
+
+
 def _fmt(v):
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -27,8 +40,9 @@ def model_card(*, base_model: str, data: str, class_names, metrics: dict, hyperp
     if not random_init and not Path(base_model).exists():
         lines.append(f"base_model: {base_model}")
     lines += ["---", "", "# Semantic segmentation model trained with segtune", ""]
-    origin = f"a randomly initialised `{base_model}`" if random_init else f"`{base_model}`"
-    lines += [f"Trained from {origin} on `{data}` ({len(class_names)} classes).", ""]
+    model_name, data_name = public_name(str(base_model)), public_name(str(data))
+    origin = f"a randomly initialised `{model_name}`" if random_init else f"`{model_name}`"
+    lines += [f"Trained from {origin} on `{data_name}` ({len(class_names)} classes).", ""]
     lines += [
         "## Results (validation, original annotation resolution)",
         "",
@@ -43,7 +57,7 @@ def model_card(*, base_model: str, data: str, class_names, metrics: dict, hyperp
     for i, name in enumerate(class_names):
         lines.append(f"| {i} | {name} | {_fmt(ious.get(name))} | {_fmt(accs.get(name))} |")
     lines += ["", "## Training", "", "| argument | value |", "|---|---|"]
-    lines += [f"| {k} | `{v}` |" for k, v in sorted(hyperparameters.items())]
+    lines += [f"| {k} | `{_public(v)}` |" for k, v in sorted(hyperparameters.items())]
     lines += [
         "",
         "## Use",

@@ -37,7 +37,9 @@ def _add_source_options(p: argparse.ArgumentParser, streaming: bool = False) -> 
     g.add_argument("--mask-suffix", dest="mask_suffix", help="mask file ending, e.g. _gtFine_labelIds.png")
     g.add_argument("--data-config", dest="data_config", help="`datasets` configuration name")
     g.add_argument("--train-split", dest="train_split", help="`datasets` split, e.g. 'train[:50]'")
-    g.add_argument("--eval-split", dest="eval_split", help="`datasets` validation split, e.g. validation")
+    g.add_argument("--eval-split", dest="eval_split",
+                   help="`datasets` validation split, e.g. validation, or a slice such as 'train[:50]' "
+                        "when streaming; none: hold out --val-split of the training rows as the seeds do")
     g.add_argument("--image-column", dest="image_column", help="`datasets` image column (default: found)")
     g.add_argument("--label-column", dest="label_column", help="`datasets` mask column (default: found)")
     if streaming:
@@ -139,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TTA scales, ratios of the training scale (default 0.5 0.75 1.0 1.25 1.5 1.75)")
     pr.add_argument("--no-tta-flip", dest="tta_flip", action="store_false", help="TTA without flips")
     pr.add_argument("--fold-head", dest="fold_head", action="store_true",
-                    help="SegFormer: fold the decode head's fuse layer into each stage (~30%% faster on CPU; "
-                         "logits differ by float rounding, ~1e-7)")
+                    help="SegFormer: fold the decode head's fuse layer into each stage (faster: see README's "
+                         "Benchmarks; logits differ by float rounding, ~1e-7, so a near-tied pixel may flip)")
     pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     pr.add_argument("--save-probs", dest="save_probs", action="store_true",
                     help="per-class probabilities, uint8 (p x 255) in compressed probs/<name>.npz")
@@ -242,7 +244,7 @@ def train_options(ns: argparse.Namespace, rest: list[str]):
     rest_ours = {k: v for k, v in ours.items() if k not in aug_keys}
     rest_ours.setdefault("model", DEFAULT_MODEL)
     return TrainOptions(output_dir=ns.output_dir, augment=augment, training=training, source_options=sources,
-                        **rest_ours)
+                        augment_given={k for k in ours if k in aug_keys}, **rest_ours)
 
 
 # ---------------------------------------------------------------- commands

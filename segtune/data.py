@@ -185,6 +185,7 @@ class RowSample:
     image_column: str
     label_column: str
     source: str  # e.g. "scene_parse_150[train]", for messages
+    origin: tuple[str, int] | None = None  # (split name, row number in it) in the dataset as stored
 
     @property
     def name(self) -> str:
@@ -192,14 +193,17 @@ class RowSample:
 
     @property
     def stem(self) -> str:
-        return f"{self.index:06d}"
+        """Unique per stored row, so that the same row chosen for two splits shows as the same name."""
+        return f"{self.origin[0]}_{self.origin[1]:06d}" if self.origin else f"{self.index:06d}"
 
     mask_name = name
 
     def read(self, rules: MaskRules) -> tuple[Image.Image, np.ndarray]:
         try:
-            row = self.table[self.index]  # `datasets` decodes the row's image columns here
-        except DECODE_ERRORS:
+            with warnings.catch_warnings():  # as open_image: refuse a bomb before decoding it
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                row = self.table[self.index]  # `datasets` decodes the row's image columns here
+        except (*DECODE_ERRORS, Image.DecompressionBombWarning):
             raise self._decode_error() from None
         return decode_row(row, self.image_column, self.label_column, self.name, rules)
 
@@ -207,7 +211,13 @@ class RowSample:
         """One line naming the row and the column that `datasets` could not decode."""
         for column in (self.image_column, self.label_column):
             try:
-                self.table.select_columns([column])[self.index]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    self.table.select_columns([column])[self.index]
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                return SegtuneError(f"{self.name}: column '{column}' is too large to decode safely (over "
+                                    f"{Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels: Pillow's decompression-bomb "
+                                    "limit)")
             except UnidentifiedImageError:
                 return SegtuneError(f"{self.name}: column '{column}' is not an image, or a format Pillow cannot read")
             except DECODE_ERRORS as e:
@@ -221,8 +231,24 @@ class RowSample:
 def decode_row(row: dict, image_column: str, label_column: str, name: str, rules: MaskRules):
     """A `datasets` row (PIL images, or arrays) -> (RGB image, class ids)."""
     image, mask = row[image_column], row[label_column]
+    for column, value in ((image_column, image), (label_column, mask)):
+        # Decoded already (the warning range only warns, and a caller's filter may not hold in threads):
+        # refused as the files are, one line naming the row.
+        if isinstance(value, Image.Image) and value.width * value.height > (Image.MAX_IMAGE_PIXELS or np.inf):
+            raise SegtuneError(f"{name}: column '{column}' is too large to decode safely (over "
+                               f"{Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels: Pillow's decompression-bomb limit)")
     try:
-        image = to_rgb(image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8)))
+        if not isinstance(image, Image.Image):  # an array: numpy, or nested lists (which arrive as int64)
+            pixels = np.asarray(image)
+            if pixels.dtype.kind not in "biuf":
+                raise TypeError(f"values of type {pixels.dtype}")
+            low, high = (pixels.min(), pixels.max()) if pixels.size else (0, 0)
+            if low < 0 or high > 65535:
+                raise ValueError(f"values {low}..{high} are outside 0..65535")
+            if pixels.dtype == np.uint16 or high > 255:  # 16-bit: scaled as to_rgb scales them, not wrapped
+                pixels = np.round(pixels / 257.0)
+            image = Image.fromarray(pixels.astype(np.uint8))
+        image = to_rgb(image)
     except (OSError, ValueError, TypeError) as e:
         raise SegtuneError(f"{name}: cannot read column '{image_column}' as an image ({e})") from None
     if mask is None:

@@ -1,8 +1,8 @@
 """Hugging Face `datasets` as a source: a Hub name, a `save_to_disk` folder, or parquet files.
 
 Splits are chosen with the `datasets` split syntax ("train[:50]", "train[10%:]+validation");
-without a validation split the training rows are split as the seeds do
-(`train_test_split(test_size=val_split, seed=seed)`). `streaming` reads rows as they come
+without a validation split, or with eval_split "none", the training rows are split as the seeds
+do (`train_test_split(test_size=val_split, seed=seed)`). `streaming` reads rows as they come
 (for data larger than memory or disk); those are not checked ahead, so their labels must be
 known (an id2label.json, the data file's names, or --labels).
 """
@@ -10,9 +10,12 @@ known (an id2label.json, the data file's names, or --labels).
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .data import RowSample, SegmentationData, check_sizes, decode_row
 from .errors import SegtuneError
@@ -25,6 +28,7 @@ IMAGE_COLUMNS = ("image", "pixel_values", "img", "images")
 LABEL_COLUMNS = ("annotation", "label", "mask", "segmentation", "semantic_segmentation", "labels",
                  "segmentation_mask", "gt", "seg")
 VAL_SPLITS = ("validation", "val", "valid")
+NO_EVAL_SPLIT = "none"  # eval_split "none": split the training rows even when a validation split exists
 
 
 def _load(source: str, config: str | None, streaming: bool):
@@ -79,7 +83,10 @@ def _column(features, given: str | None, candidates, what: str, source: str, fla
 
 
 def _select(splits, spec: str, source: str):
-    """Applies a split spec such as "train[:50]+validation" to a DatasetDict."""
+    """Applies a split spec such as "train[:50]+validation" to a DatasetDict.
+
+    -> (table, each row's origin: (split name, row number in that split)).
+    """
     import datasets
     from datasets.arrow_reader import ReadInstruction
 
@@ -88,20 +95,43 @@ def _select(splits, spec: str, source: str):
     except (ValueError, AssertionError, KeyError) as e:
         raise SegtuneError(f"{source}: bad split '{spec}' ({e}; splits: {', '.join(splits)})") from None
     chosen = [splits[p.splitname].select(range(p.from_, p.to)) for p in parts]
-    return chosen[0] if len(chosen) == 1 else datasets.concatenate_datasets(chosen)
+    origins = [(p.splitname, row) for p in parts for row in range(p.from_, p.to)]
+    return (chosen[0] if len(chosen) == 1 else datasets.concatenate_datasets(chosen)), origins
 
 
-def _select_streaming(splits, spec: str, source: str):
-    name, _, rest = spec.partition("[")
+def _stream_slice(spec: str, splits, source: str) -> tuple[str, int, int | None]:
+    """'train', 'train[:N]', 'train[N:]' or 'train[N:M]' -> (split, first row, end row or None).
+
+    A stream is read in order, so only row numbers work (no percentages, no '+').
+    """
+    match = re.fullmatch(r"(\w+(?:\.\w+)*)(?:\[(\d*):(\d*)\])?", spec.strip())
+    if match is None:
+        raise SegtuneError(f"{source}: a streamed split takes 'name', 'name[:N]', 'name[N:]' or 'name[N:M]' "
+                           f"with row numbers, not '{spec}'")
+    name, start, stop = match[1], int(match[2] or 0), int(match[3]) if match[3] else None
     if name not in splits:
         raise SegtuneError(f"{source}: no split '{name}' (splits: {', '.join(splits)})")
-    stream = splits[name]
-    if rest:  # streams can only be cut at the front: "train[:N]"
-        count = rest.rstrip("]").removeprefix(":")
-        if not rest.startswith(":") or not count.isdecimal():
-            raise SegtuneError(f"{source}: a streamed split can only be sliced as '{name}[:N]', not '{spec}'")
-        stream = stream.take(int(count))
-    return stream
+    if stop is not None and stop <= start:
+        raise SegtuneError(f"{source}: split '{spec}' selects no rows")
+    return name, start, stop
+
+
+def _streams(splits, train_spec: str | None, eval_spec: str, source: str):
+    """The training and validation streams; the validation rows must not also be training rows."""
+    val = _stream_slice(eval_spec, splits, source)
+    train = _stream_slice(train_spec, splits, source) if train_spec else None
+    if train is not None and train[0] == val[0]:
+        inf = float("inf")
+        if max(train[1], val[1]) < min(train[2] or inf, val[2] or inf):
+            raise SegtuneError(f"{source}: the validation rows '{eval_spec}' are also training rows "
+                               f"('{train_spec}'); hold rows out with disjoint ranges, e.g. --train-split "
+                               f"'{val[0]}[N:]' --eval-split '{val[0]}[:N]'")
+
+    def cut(name, start, stop):
+        stream = splits[name].skip(start) if start else splits[name]
+        return stream.take(stop - start) if stop is not None else stream
+
+    return (cut(*train) if train else None), cut(*val)
 
 
 def load_hf(source: str, *, val_split: float = 0.2, seed: int = 42, config: str | None = None,
@@ -110,8 +140,9 @@ def load_hf(source: str, *, val_split: float = 0.2, seed: int = 42, config: str 
     splits, folder = _load(source, config, streaming)
     if not splits:
         raise SegtuneError(f"{source}: the dataset has no splits")
+    split_train = isinstance(eval_split, str) and eval_split.strip().lower() == NO_EVAL_SPLIT
     train_split = train_split or ("train" if "train" in splits else None)
-    eval_split = eval_split or next((s for s in VAL_SPLITS if s in splits), None)
+    eval_split = None if split_train else eval_split or next((s for s in VAL_SPLITS if s in splits), None)
     if train_split is None and eval_split is None:
         raise SegtuneError(f"{source}: no 'train' or 'validation' split (splits: {', '.join(splits)}); "
                            "name one with --train-split or --eval-split")
@@ -125,18 +156,20 @@ def load_hf(source: str, *, val_split: float = 0.2, seed: int = 42, config: str 
     log.info("segtune: %s: images from '%s', masks from '%s', training split %s, validation split %s",
              source, image_col, label_col, train_split, eval_split or f"{val_split:.0%} of the training rows")
     if streaming:
-        stream = StreamingSource(
-            train=_select_streaming(splits, train_split, source) if train_split else None,
-            val=_select_streaming(splits, eval_split, source) if eval_split else None,
-            image_column=image_col, label_column=label_col, source=source,
-        )
-        if stream.val is None:
-            raise SegtuneError(f"{source}: streaming needs a validation split (--eval-split)")
+        if eval_split is None:  # a stream has no length, so no share of it can be drawn at random
+            held = train_split.partition("[")[0] if train_split else "train"
+            raise SegtuneError(f"{source}: a stream cannot be split by --val-split: name a validation split with "
+                               f"--eval-split, or hold out its first N rows with --train-split '{held}[N:]' "
+                               f"--eval-split '{held}[:N]'")
+        train, val = _streams(splits, train_split, eval_split, source)
+        stream = StreamingSource(train=train, val=val, image_column=image_col, label_column=label_col,
+                                 source=source)
         return SegmentationData(source=source, train=[], val=[], labels=labels, streaming=stream)
 
     def rows(spec):
-        table = _select(splits, spec, source)
-        return [RowSample(table, i, image_col, label_col, f"{source}[{spec}]") for i in range(len(table))]
+        table, origins = _select(splits, spec, source)
+        return [RowSample(table, i, image_col, label_col, f"{source}[{spec}]", origin)
+                for i, origin in enumerate(origins)]
 
     train = rows(train_split) if train_split else []
     val = rows(eval_split) if eval_split else None
@@ -156,9 +189,15 @@ class StreamingSource:
         self.image_column, self.label_column, self.source = image_column, label_column, source
 
     def dataset(self, split: str, transform, rules, skip_bad: bool = False, shuffle_seed: int | None = None):
-        """A torch IterableDataset over one split, this rank's shard only."""
+        """A torch IterableDataset over one split; for "val", this rank's shard only.
+
+        The training stream is whole on every rank: the Trainer's accelerate wraps it in an
+        IterableDatasetShard that gives each rank its own batches of it (pre-sharding it here
+        would make each rank keep only its share of its own shard, dropping most rows). The
+        validation stream is scored by evaluate.evaluate_model, which expects its rank's shard.
+        """
         stream = getattr(self, split)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if split == "val" and torch.distributed.is_available() and torch.distributed.is_initialized():
             from datasets.distributed import split_dataset_by_node
 
             stream = split_dataset_by_node(
@@ -189,9 +228,15 @@ class StreamDataset(torch.utils.data.IterableDataset):
             name = f"{self.source.source}[{self.split}] row {index}"
             try:
                 try:
-                    row = next(rows)  # `datasets` decodes the images here
+                    with warnings.catch_warnings():  # as data.open_image: refuse a bomb before decoding it
+                        warnings.simplefilter("error", Image.DecompressionBombWarning)
+                        row = next(rows)  # `datasets` decodes the images here
                 except StopIteration:
                     return
+                except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                    raise SegtuneError(f"{name}: an image is too large to decode safely (over "
+                                       f"{Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels: Pillow's "
+                                       "decompression-bomb limit)") from None
                 except Exception as e:  # a broken file inside the stream: name its row
                     raise SegtuneError(f"{name}: cannot decode ({type(e).__name__}: {e})") from None
                 image, mask = decode_row(row, self.source.image_column, self.source.label_column, name, self.rules)

@@ -66,7 +66,10 @@ def _sample_grid(data, labels: LabelSet, path: Path, count: int) -> None:
             continue
         if mask.shape == (image.height, image.width):
             shown.append((sample, image, mask))
-    if not shown:
+    if not shown:  # still written: an older grid left in the folder would show pairs that are not there
+        fig = Figure(figsize=(6, 1.5))
+        fig.text(0.5, 0.5, "no good image/mask pair to show", ha="center", va="center", fontsize="large")
+        fig.savefig(path, dpi=80)
         return
     columns = min(4, len(shown))
     rows = -(-len(shown) // columns)

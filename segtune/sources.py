@@ -279,7 +279,12 @@ def _from_yaml(path: Path, val_split: float, seed: int, suffixes: dict, **hf_opt
 def _is_hf_source(path: Path) -> bool:
     if path.is_file():
         return path.suffix.lower() == ".parquet"
-    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file() or any(path.rglob("*.parquet"))
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return True
+    # Parquet where the Hub keeps it (top level or data/), and not an image folder holding a stray export.
+    if (path / "images").is_dir() and (path / "annotations").is_dir():
+        return False
+    return any(path.glob("*.parquet")) or any((path / "data").rglob("*.parquet"))
 
 
 def load_data(path: str | Path, val_split: float = 0.2, seed: int = 42, *, image_suffix: str | None = None,
@@ -311,7 +316,8 @@ def load_data(path: str | Path, val_split: float = 0.2, seed: int = 42, *, image
     if not images.is_dir() or not annotations.is_dir():
         raise SegtuneError(
             f"{path}: not a dataset folder: expected images/ and annotations/ (flat, or with training/ and "
-            "validation/ inside), a `datasets` save_to_disk folder, parquet files, or pass a YAML data file"
+            "validation/ inside), a `datasets` save_to_disk folder, parquet files (at the top or in data/), "
+            "or pass a YAML data file"
         )
     if hf_options:
         raise SegtuneError(f"{path}: --{next(iter(hf_options)).replace('_', '-')} applies to `datasets` sources "

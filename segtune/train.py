@@ -48,9 +48,12 @@ TRAINING_DEFAULTS = dict(
 )
 
 
-def training_arguments(output_dir: Path, overrides: dict) -> TrainingArguments:
+def training_arguments(output_dir: Path, overrides: dict, *, streaming: bool = False) -> TrainingArguments:
     """segtune's defaults, then the user's values (config file, then command line)."""
     values = {**TRAINING_DEFAULTS, **overrides, "output_dir": str(output_dir)}
+    if streaming:  # accelerate's default for a stream: rank 0 reads every batch and sends each rank its share;
+        # instead each rank reads the stream and keeps its own batches (hf_sources.StreamingSource.dataset)
+        values.setdefault("accelerator_config", {"dispatch_batches": False})
     if not values["dataloader_num_workers"]:  # persistent workers need workers
         values["dataloader_persistent_workers"] = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
@@ -84,6 +87,9 @@ class TrainOptions:
     overwrite: bool = False
     trust_remote_code: bool = False
     recipe: str = "segformer"  # or "plain": the seeds' bare Trainer defaults
+    # The augmentation options set by the user, which the recipe's presets leave alone;
+    # None: those that differ from AugmentConfig's defaults.
+    augment_given: set | None = None
     head_lr_mult: float = 10.0
     loss: str = "ce"  # e.g. "ce:1,dice:0.5"; see losses.parse_loss_spec
     class_weights: str | None = None  # "auto" (from training pixel frequencies) or a file
@@ -91,6 +97,37 @@ class TrainOptions:
     overfit: int | None = None  # the seeds' sanity check on N images, augmentation off
     report: bool = True  # report.html at the end, from the final evaluation
     callbacks: list = field(default_factory=list)  # extra TrainerCallbacks (Python use)
+
+
+# --report_to NAME -> (modules, any of which will do; what to install)
+REPORTERS = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "wandb": (("wandb",), "wandb"),
+    "mlflow": (("mlflow",), "mlflow"),
+    "comet_ml": (("comet_ml",), "comet_ml"),
+    "neptune": (("neptune",), "neptune"),
+    "clearml": (("clearml",), "clearml"),
+    "dagshub": (("dagshub",), "dagshub"),
+    "codecarbon": (("codecarbon",), "codecarbon"),
+    "dvclive": (("dvclive",), "dvclive"),
+    "swanlab": (("swanlab",), "swanlab"),
+    "trackio": (("trackio",), "trackio"),
+    "flyte": (("flytekit",), "flytekit"),
+}
+
+
+def check_reporters(report_to) -> None:
+    """--report_to names whose package is missing stop the run before any data is read, in one line."""
+    import importlib.util
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        if name not in REPORTERS:
+            continue  # "none", "all" (only what is installed), or one the Trainer itself checks
+        modules, package = REPORTERS[name]
+        if not any(importlib.util.find_spec(m) is not None for m in modules):
+            raise SegtuneError(f"--report_to {name}: the {package} package is not installed; "
+                               f"install it (pip install {package}) or drop --report_to {name}")
 
 
 def is_main_process() -> bool:
@@ -179,6 +216,28 @@ def _overfit_report(log_history: list, n: int) -> dict:
 
 RECIPES = ("segformer", "plain")
 RECIPE_DEFAULTS = {"weight_decay": 0.01}  # TrainingArguments' default is 0
+PLAIN_AUGMENT = {"cat_max_ratio": 1.0, "photometric": False}  # the seeds' pipeline: resize, crop and flip only
+
+
+def _recipe_augment(opts: TrainOptions) -> None:
+    """--recipe plain's augmentation presets, for the options the user did not set."""
+    if opts.recipe != "plain":
+        return
+    defaults = AugmentConfig()
+    for key, value in PLAIN_AUGMENT.items():
+        given = (key in opts.augment_given if opts.augment_given is not None
+                 else getattr(opts.augment, key) != getattr(defaults, key))
+        if not given:
+            setattr(opts.augment, key, value)
+
+
+class EarlyStopping(EarlyStoppingCallback):
+    """The Trainer's early stopping, counting the evaluations made during training (eval_*) only:
+    the final evaluation (final_*), made after training, has nothing left to stop."""
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        if any(key.startswith("eval_") for key in metrics):
+            return super().on_evaluate(args, state, control, metrics, **kwargs)
 
 
 def _recipe(opts: TrainOptions, args: TrainingArguments, data: SegmentationData, labels) -> tuple[dict, dict]:
@@ -195,8 +254,10 @@ def _recipe(opts: TrainOptions, args: TrainingArguments, data: SegmentationData,
             given = opts.training.get("warmup_steps")
             kwargs["poly_warmup"] = (optim.default_warmup_steps if given is None
                                      else lambda total: args.get_warmup_steps(total))
-            card.update(schedule="linear warm-up, then poly decay (power 1) to 0",
-                        warmup_steps="1500 or 10% of a shorter run" if given is None else given)
+            card.update(schedule="linear warm-up, then poly decay (power 1) to 0")
+    else:
+        card.update(weight_decay=args.weight_decay)
+    card.setdefault("schedule", f"the Trainer's {args.lr_scheduler_type.value}")  # warm-up steps: recorded as used
     weights = None
     if opts.class_weights == "auto":
         if data.streaming is not None:
@@ -221,6 +282,7 @@ def _recipe(opts: TrainOptions, args: TrainingArguments, data: SegmentationData,
 def run_training(opts: TrainOptions) -> dict:
     """Checks the data, trains, saves the model directory; returns the final metrics (JSON form)."""
     seed = int(opts.training.get("seed", 42))
+    check_reporters(opts.training.get("report_to"))
     data, labels = load_checked_data(
         opts.data,
         val_split=opts.val_split,
@@ -238,11 +300,11 @@ def run_training(opts: TrainOptions) -> dict:
         _overfit(data, opts)
     if opts.recipe not in RECIPES:
         raise SegtuneError(f"--recipe {opts.recipe}: choose {' or '.join(RECIPES)}")
-    if opts.recipe == "plain":  # the seeds' pipeline: resize, crop and flip only
-        opts.augment.cat_max_ratio, opts.augment.photometric = 1.0, False
+    _recipe_augment(opts)
     prepare_output_dir(opts.output_dir, opts.resume, opts.overwrite)
     recipe_defaults = RECIPE_DEFAULTS if opts.recipe == "segformer" else {}
-    args = training_arguments(opts.output_dir, {**recipe_defaults, **opts.training})
+    args = training_arguments(opts.output_dir, {**recipe_defaults, **opts.training},
+                              streaming=data.streaming is not None)
     if data.streaming is not None and args.max_steps <= 0:
         raise SegtuneError(f"{opts.data}: a streamed dataset has no length: give --max_steps")
     if data.streaming is None:
@@ -258,8 +320,13 @@ def run_training(opts: TrainOptions) -> dict:
         "model": opts.model,
         "learning_rate": args.learning_rate,
         "batch_size": args.per_device_train_batch_size,
-        "max_steps": args.max_steps,
-        "num_train_epochs": args.num_train_epochs,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "world_size": args.world_size,
+        "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        **({"max_steps": args.max_steps} if args.max_steps > 0 else {"num_train_epochs": args.num_train_epochs}),
+        "train_samples": "streamed" if data.streaming is not None else len(data.train),
+        "validation_samples": "streamed" if data.streaming is not None else len(data.val),
         "seed": args.seed,
         "reduce_labels": data.reduce_labels,
         "label_map": data.label_map,
@@ -270,7 +337,7 @@ def run_training(opts: TrainOptions) -> dict:
     interrupt = InterruptCheckpoint()
     callbacks = [JsonlLogger(opts.output_dir / "log.jsonl"), *opts.callbacks, interrupt]
     if opts.early_stopping:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping))
+        callbacks.append(EarlyStopping(early_stopping_patience=opts.early_stopping))
     trainer = SegmentationTrainer(
         model=model,
         args=args,
@@ -318,7 +385,8 @@ def run_training(opts: TrainOptions) -> dict:
     if opts.overfit is not None:
         metrics["overfit"] = _overfit_report(trainer.state.log_history, opts.overfit)
     if trainer.is_world_process_zero():
-        trainer.save_model(str(opts.output_dir))
+        # _internal_call: the Trainer pushes on every user call of save_model; the one push is below
+        trainer.save_model(str(opts.output_dir), _internal_call=True)
         labels.to_json(opts.output_dir / "labels.json")
         write_split_lists(data, opts.output_dir)
         (opts.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -330,7 +398,7 @@ def run_training(opts: TrainOptions) -> dict:
                                         progress=not args.disable_tqdm)
             if page is not None:
                 print(f"report written to {page}")
-    if args.push_to_hub:
+    if args.push_to_hub:  # on every process (it saves again), uploading from rank 0: the folder with the card
         trainer.push_to_hub()
     close_process_group()
     return metrics

@@ -122,6 +122,7 @@ class SegmentationTrainer(Trainer):
         self.labels, self.ignore_index, self.card = labels, ignore_index, card
         self.param_groups, self.poly_warmup, self.loss = param_groups, poly_warmup, loss
         self.last_metrics: dict | None = None
+        self.warmup_steps_used: int | None = None  # for the model card, whichever schedule it was
         self.epoch_sampler: EpochSampler | None = None
         self.add_callback(_EpochSetter(self))
 
@@ -148,6 +149,9 @@ class SegmentationTrainer(Trainer):
 
             warmup = min(self.poly_warmup(num_training_steps), num_training_steps - 1)
             self.lr_scheduler = poly_schedule(optimizer or self.optimizer, warmup, num_training_steps)
+            self.warmup_steps_used = warmup
+        elif self.lr_scheduler is None:  # the Trainer's own schedule, as it computes its warm-up
+            self.warmup_steps_used = self.args.get_warmup_steps(num_training_steps)
         return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -188,5 +192,10 @@ class SegmentationTrainer(Trainer):
         # Also used by push_to_hub, so the Hub gets segtune's card rather than the generic one.
         if self.is_world_process_zero() and self.last_metrics is not None:
             metrics = metrics_to_json(self.last_metrics, self.labels.names)
-            text = model_card(metrics=metrics, class_names=self.labels.names, **self.card)
+            card = dict(self.card)
+            card["hyperparameters"] = {**card.get("hyperparameters", {}), "total_steps": self.state.max_steps,
+                                       "steps_trained": self.state.global_step}
+            if self.warmup_steps_used is not None:
+                card["hyperparameters"]["warmup_steps"] = self.warmup_steps_used
+            text = model_card(metrics=metrics, class_names=self.labels.names, **card)
             Path(self.args.output_dir, "README.md").write_text(text)

@@ -391,3 +391,27 @@ def test_hidden_and_other_files_are_skipped(tmp_path):
     (root / "annotations" / "._img_00.png").write_bytes(b"")
     data = load_data(root)
     assert sorted(stems(data.train + data.val)) == [f"img_{i:02d}" for i in range(5)]
+
+
+# ---------------------------------------------------------------- `datasets` rows stored as arrays
+
+
+def test_16_bit_images_stored_as_arrays_are_scaled_not_wrapped():
+    """As to_rgb scales a 16-bit file: 65535 -> 255, 257 * k -> k; 8-bit arrays are kept."""
+    from segtune.data import decode_row
+
+    def image_of(pixels):
+        row = {"image": pixels, "label": [[0, 1, 2], [2, 1, 0]]}
+        return np.asarray(decode_row(row, "image", "label", "t row 1", MaskRules())[0])
+
+    deep = np.array([[0, 257 * 100, 65535], [257, 300, 257 * 200]], dtype=np.uint16)
+    want = [[0, 100, 255], [1, 1, 200]]
+    assert image_of(deep)[..., 0].tolist() == want  # grey -> RGB, every channel alike
+    assert image_of(deep.tolist())[..., 0].tolist() == want  # nested lists arrive as int64: told by range
+    assert image_of(np.stack([deep] * 3, axis=-1))[..., 2].tolist() == want  # 16-bit RGB too
+    eight = [[0, 7, 255], [1, 128, 200]]
+    assert image_of(eight)[..., 1].tolist() == eight
+    assert image_of(np.array(eight, np.uint8)).tolist() == np.stack([eight] * 3, -1).tolist()
+    with pytest.raises(SegtuneError, match=r"^t row 1: cannot read column 'image' as an image "
+                                           r"\(values -1\.\.70000 are outside 0\.\.65535\)$"):
+        image_of([[-1, 0, 70000], [0, 0, 0]])

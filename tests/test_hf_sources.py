@@ -1,6 +1,7 @@
 """Hugging Face `datasets` sources, built locally: save_to_disk folders, parquet files, streams."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -186,19 +187,168 @@ def _shard_rows(rank, world, path, out):
 
     dist.init_process_group("gloo", init_method=f"file://{out}.init", rank=rank, world_size=world)
     data = load_data(path, streaming=True)
-    dataset = data.streaming.dataset("train", lambda image, mask: (0, mask.sum()), MaskRules())
+    sums = {}
+    for split, transform in (("val", lambda image: 0), ("train", lambda image, mask: (0, mask))):
+        sums[split] = [int(item["labels"].sum()) for item in data.streaming.dataset(split, transform, MaskRules())]
     Path_ = __import__("pathlib").Path
-    Path_(f"{out}.{rank}").write_text(json.dumps([int(item["labels"]) for item in dataset]))
+    Path_(f"{out}.{rank}").write_text(json.dumps(sums))
     dist.destroy_process_group()
 
 
 def test_streams_are_sharded_across_ranks(hf_sources, tmp_path):
-    """Two gloo processes each read a disjoint half of the stream; together, every row once."""
+    """Two gloo processes each read a disjoint share of the validation stream; together, every row once.
+
+    The training stream stays whole on each rank: accelerate hands each rank its own batches of it
+    (test_a_streamed_run_lets_each_rank_read_its_own_batches).
+    """
     import torch.multiprocessing as mp
 
     root, expected = hf_sources
     out = tmp_path / "shard"
     mp.spawn(_shard_rows, args=(2, str(root / "disk"), str(out)), nprocs=2)
     seen = [json.loads((tmp_path / f"shard.{rank}").read_text()) for rank in range(2)]
-    assert all(seen) and len(seen[0]) + len(seen[1]) == 6
+    sums = {split: sorted(int(m.astype(np.int64).sum()) for m in expected[split]) for split in expected}
+    assert all(s["val"] for s in seen) and len(seen[0]["val"]) + len(seen[1]["val"]) == 3
+    assert sorted(seen[0]["val"] + seen[1]["val"]) == sums["validation"]
+    assert sorted(seen[0]["train"]) == sorted(seen[1]["train"]) == sums["train"]
+
+
+# ---------------------------------------------------------------- splits, streams and row names
+
+
+def test_eval_split_none_splits_the_training_rows_as_the_seeds_do(hf_sources, tmp_path):
+    """`--train-split 'train[:4]' --eval-split none`: the seeds' load_dataset + train_test_split, not validation."""
+    from datasets import Dataset
+
+    root, expected = hf_sources
+    parts = Dataset.from_dict({"i": list(range(4))}).train_test_split(test_size=0.5, seed=3)
+    data = load_data(root / "disk", train_split="train[:4]", eval_split="none", val_split=0.5, seed=3)
+    assert data.val_is_split
+    assert [s.index for s in data.train] == parts["train"]["i"] and [s.index for s in data.val] == parts["test"]["i"]
+    assert np.array_equal(data.val[0].read_mask(MaskRules()), expected["train"][parts["test"]["i"][0]])
+    assert len(load_data(root / "disk", train_split="train[:4]").val) == 3  # the default: the validation split
+    (tmp_path / "data.yaml").write_text(f"dataset: {root / 'parquet'}\ntrain_split: train[:4]\neval_split: none\n")
+    data = load_data(tmp_path / "data.yaml", val_split=0.5, seed=3)
+    assert data.val_is_split and [s.index for s in data.val] == parts["test"]["i"]
+
+
+def test_row_names_are_unique_per_stored_split(hf_sources, tmp_path, capsys):
+    """Row 0 of train and row 0 of validation are different rows: no false 'in both' note; a real overlap gets one."""
+    root, _ = hf_sources
+    data = load_data(root / "disk", eval_split="validation[1:]")
+    assert (data.train[0].stem, data.val[0].stem) == ("train_000000", "validation_000001")
+    out = tmp_path / "inspect"
+    assert main(["inspect", "--data", str(root / "disk"), "--output-dir", str(out)]) == 0
+    assert not any("in both" in w for w in json.loads((out / "inspect.json").read_text())["warnings"])
+    assert main(["inspect", "--data", str(root / "disk"), "--eval-split", "train[4:]+validation", "--output-dir",
+                 str(out)]) == 0
+    assert "2 name(s) in both training and validation, e.g. 'train_000004'" in json.loads(
+        (out / "inspect.json").read_text())["warnings"]
+
+
+def _stream_rows(data, split):
+    """Each streamed row's mask, in order (no model inputs: the transforms pass the mask through)."""
+    if split == "train":
+        dataset = data.streaming.dataset("train", lambda image, mask: (0, mask), MaskRules())
+    else:
+        dataset = data.streaming.dataset("val", lambda image: 0, MaskRules())
+    return [np.asarray(item["labels"]) for item in dataset]
+
+
+def test_a_stream_without_validation_holds_out_its_first_rows(hf_sources, tmp_path):
+    root, expected = hf_sources
+    single = root / "parquet" / "data" / "train-00000-of-00001.parquet"
+    with pytest.raises(SegtuneError, match=r"a stream cannot be split by --val-split: .*--train-split 'train\[N:\]' "
+                                           r"--eval-split 'train\[:N\]'"):
+        load_data(single, streaming=True)
+    data = load_data(single, streaming=True, train_split="train[2:]", eval_split="train[:2]")
+    for split, rows in (("val", expected["train"][:2]), ("train", expected["train"][2:])):
+        got = _stream_rows(data, split)
+        assert len(got) == len(rows) and all(np.array_equal(a, b) for a, b in zip(got, rows)), split
+    data = load_data(single, streaming=True, train_split="train[1:3]", eval_split="train[4:]")
+    assert [len(_stream_rows(data, s)) for s in ("train", "val")] == [2, 2]
+    with pytest.raises(SegtuneError, match=r"the validation rows 'train\[:2\]' are also training rows \('train'\)"):
+        load_data(single, streaming=True, eval_split="train[:2]")
+    with pytest.raises(SegtuneError, match=r"a streamed split takes .* not 'train\[10%:\]'"):
+        load_data(root / "disk", streaming=True, train_split="train[10%:]")
+    with pytest.raises(SegtuneError, match=r"split 'train\[3:3\]' selects no rows"):
+        load_data(single, streaming=True, train_split="train[3:3]", eval_split="train[:3]")
+    code = main(["train", "--data", str(single), "--streaming", "--output-dir", str(tmp_path / "run"),
+                 "--labels", str(root / "disk" / "id2label.json"), "--max_steps", "1"])
+    assert code == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_streamed_run_lets_each_rank_read_its_own_batches(hf_sources, tmp_path):
+    """accelerate, as the Trainer prepares a stream for 2 ranks: dispatch_batches off, every row used once."""
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    from segtune.train import training_arguments
+
+    args = training_arguments(tmp_path, {}, streaming=True)
+    assert args.accelerator_config.dispatch_batches is False
+    assert training_arguments(tmp_path, {}).accelerator_config.dispatch_batches is None  # accelerate's default
+    root, expected = hf_sources
+    data = load_data(root / "disk", streaming=True)
+    seen = []
+    for rank in range(2):
+        dataset = data.streaming.dataset("train", lambda image, mask: (0, int(mask.sum())), MaskRules(),
+                                         shuffle_seed=4)
+        loader = prepare_data_loader(DataLoader(dataset, batch_size=1), num_processes=2, process_index=rank,
+                                     dispatch_batches=args.accelerator_config.dispatch_batches, put_on_device=False)
+        seen.append([int(v) for batch in loader for v in batch["labels"]])
+    assert len(seen[0]) == len(seen[1]) == 3
     assert sorted(seen[0] + seen[1]) == sorted(int(m.astype(np.int64).sum()) for m in expected["train"])
+
+
+def test_parquet_counts_only_at_the_top_or_in_data(hf_sources, tmp_path):
+    """A stray parquet export inside an image folder does not turn it into a `datasets` source."""
+    import shutil
+
+    from tests.helpers import make_flat
+
+    root, _ = hf_sources
+    parquet = root / "parquet" / "data" / "train-00000-of-00001.parquet"
+    flat = make_flat(tmp_path / "flat", n=5)
+    (flat / "exports").mkdir()
+    shutil.copy(parquet, flat / "exports" / "train.parquet")
+    shutil.copy(parquet, flat / "train.parquet")  # even at the top: images/ + annotations/ win
+    data = load_data(flat)
+    assert len(data.train) + len(data.val) == 5 and str(data.train[0].image).endswith(".png")
+    deep = tmp_path / "deep" / "exports"
+    deep.mkdir(parents=True)
+    shutil.copy(parquet, deep / "train.parquet")
+    with pytest.raises(SegtuneError, match=r"not a dataset folder.*parquet files \(at the top or in data/\)"):
+        load_data(tmp_path / "deep")
+    (tmp_path / "top").mkdir()
+    shutil.copy(parquet, tmp_path / "top" / "train.parquet")
+    assert len(load_data(tmp_path / "top", val_split=0.5).train) == 3
+
+
+def test_an_image_over_the_warning_limit_is_refused_naming_its_row(tmp_path, monkeypatch):
+    """Between Pillow's warning and error limits a row is refused as a file is, before it is decoded."""
+    import datasets
+
+    from segtune.data import decode_row
+    from tests import test_bad_corpus
+
+    bomb = test_bad_corpus.png_bomb(tmp_path / "bomb.png", side=10000)  # 100 megapixels: warns, not an error
+    assert Image.MAX_IMAGE_PIXELS < 10000 ** 2 < 2 * Image.MAX_IMAGE_PIXELS
+    rows = _rows(2, 0)
+    rows["image"][1] = {"bytes": bomb.read_bytes(), "path": None}
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "table"))
+    message = (rf"^{re.escape(str(tmp_path / 'table'))}\[train\] row 1: column 'image' is too large to decode "
+               r"safely \(over 89 megapixels: Pillow's decompression-bomb limit\)$")
+    data = load_data(tmp_path / "table", val_split=0.5)
+    bad = next(s for s in data.train + data.val if s.index == 1)
+    with pytest.raises(SegtuneError, match=message):
+        bad.read(MaskRules())
+    stream = load_data(tmp_path / "table", streaming=True, train_split="train[1:]", eval_split="train[:1]")
+    with pytest.raises(SegtuneError, match=r"train\] row 0: an image is too large to decode safely"):
+        _stream_rows(stream, "train")
+    # an image decoded already (a caller's warning filter can be undone by another thread) is refused too
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # the 32 x 24 rows are 768 pixels
+    with pytest.raises(SegtuneError, match=r"^t row 3: column 'image' is too large to decode safely \(over 0 mega"):
+        decode_row({"image": Image.new("RGB", (W, H)), "mask": np.zeros((H, W))}, "image", "mask", "t row 3",
+                   MaskRules())

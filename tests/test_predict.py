@@ -184,6 +184,19 @@ def test_folded_head_matches_the_original_head(tiny):
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_fold_head_defaults_on_cpu_and_agrees_with_the_exact_path(model_dir):
+    exact = Segmenter.from_pretrained(model_dir, device="cpu")
+    folded = Segmenter.from_pretrained(model_dir, device="cpu", fold_head=True)
+    assert (exact.batch_size, exact.channels_last, exact.fold_head) == (4, False, False)
+    assert (folded.batch_size, folded.channels_last, folded.fold_head) == (1, True, True)
+    assert isinstance(folded.model.decode_head, FoldedSegformerHead)
+    patch_conv = folded.model.segformer.stages[0].patch_embeddings.proj.weight  # a 7x7 kernel: formats differ
+    assert patch_conv.is_contiguous(memory_format=torch.channels_last) and not patch_conv.is_contiguous()
+    images = [rgb(20 + i, 64, 48) for i in range(3)]
+    for want, got in zip(exact.predict(images), folded.predict(images)):
+        assert got.shape == want.shape and (got == want).mean() > 0.99
+
+
 # ---------------------------------------------------------------- TTA
 
 

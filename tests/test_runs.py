@@ -72,7 +72,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_ends_like_an_uninterrupted_run(
     ref_dir, ref_metrics = reference
     out = tmp_path / "run"
     opts = options(demo_dataset, tiny_model_dir, out, "--num-workers", "0")
-    opts.callbacks = [CtrlCAt(3)]
+    opts.callbacks = [CtrlCAt(3)]  # the end of the first epoch (3 batches of 4); mid-epoch: below
     with pytest.raises(KeyboardInterrupt):
         run_training(opts)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
@@ -84,6 +84,87 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_ends_like_an_uninterrupted_run(
     assert losses(out) == losses(ref_dir)  # steps 4..8 after the resume, 1..3 before it
     want, got = weights(ref_dir), weights(out)
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_resume_in_the_middle_of_an_epoch_ends_like_an_uninterrupted_run(
+        reference, demo_dataset, tiny_model_dir, tmp_path):
+    """12 training pairs in batches of 4: 3 steps an epoch. Stopped at step 5 (two batches into the
+    second epoch) and resumed, the run skips those batches, keeps their augmentation and ends at
+    step 8 (also inside an epoch) as the reference does."""
+    ref_dir, ref_metrics = reference
+    out = tmp_path / "run"
+    opts = options(demo_dataset, tiny_model_dir, out, "--num-workers", "0")
+    opts.callbacks = [CtrlCAt(5)]
+    with pytest.raises(KeyboardInterrupt):
+        run_training(opts)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
+    state = json.loads((out / "checkpoint-5" / "trainer_state.json").read_text())
+    assert state["global_step"] == 5 and 1 < state["epoch"] < 2  # mid-epoch
+
+    resumed = run_training(options(demo_dataset, tiny_model_dir, out, "--num-workers", "0", "--resume"))
+    assert resumed["step"] == ref_metrics["step"] == 8
+    assert resumed == ref_metrics
+    assert losses(out) == losses(ref_dir)  # steps 1..5 before the stop, 6..8 after it
+    assert sorted(losses(out)) == list(range(1, 9))
+    want, got = weights(ref_dir), weights(out)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def card_rows(folder):
+    """The model card's training table as {argument: value}."""
+    rows = [line.split("|")[1:3] for line in (folder / "README.md").read_text().splitlines()
+            if line.startswith("| ") and line.count("`") == 2]
+    return {k.strip(): v.strip().strip("`") for k, v in rows}
+
+
+def test_model_card_records_what_the_run_used_and_no_local_path(reference, demo_dataset, tiny_model_dir):
+    ref_dir, _ = reference
+    text = (ref_dir / "README.md").read_text()
+    rows = card_rows(ref_dir)
+    assert rows["warmup_steps"] == "1"  # the recipe's 10% of 8 steps, as used, not a description
+    assert rows["total_steps"] == rows["steps_trained"] == rows["max_steps"] == "8"
+    assert "num_train_epochs" not in rows  # max_steps decides the length
+    assert (rows["train_samples"], rows["validation_samples"]) == ("12", "4")
+    assert (rows["gradient_accumulation_steps"], rows["world_size"], rows["effective_batch_size"]) == ("1", "1", "4")
+    assert rows["precision"] == "fp32" and rows["recipe"] == "segformer"
+    for local in (str(demo_dataset), str(tiny_model_dir), str(ref_dir), "/tmp"):
+        assert local not in text
+    assert f"on `{demo_dataset.name}`" in text and rows["model"] == tiny_model_dir.name
+
+
+class Seen(TrainerCallback):
+    """Keeps what the Trainer trains with, at its first step."""
+
+    def on_step_begin(self, args, state, control, optimizer=None, lr_scheduler=None, train_dataloader=None, **kw):
+        if state.global_step == 0:
+            self.optimizer, self.lr_scheduler, self.dataset = optimizer, lr_scheduler, train_dataloader.dataset
+
+
+def test_plain_recipe_trains_with_the_trainer_defaults_and_explicit_options_win(
+        demo_dataset, tiny_model_dir, tmp_path):
+    from segtune.optim import _PolyFactor
+
+    out = tmp_path / "plain"
+    opts = options(demo_dataset, tiny_model_dir, out, "--recipe", "plain", "--cat-max-ratio", "0.5",
+                   "--max_steps", "4", "--num-workers", "0", "--no-report")
+    seen = Seen()
+    opts.callbacks = [seen]
+    metrics = run_training(opts)
+    assert metrics["step"] == 4
+    groups = seen.optimizer.param_groups
+    assert {g["initial_lr"] for g in groups} == {2e-3}  # one learning rate: no head multiple
+    assert {g["weight_decay"] for g in groups} == {0.0}  # TrainingArguments' default
+    assert not any(isinstance(f, _PolyFactor) for f in seen.lr_scheduler.lr_lambdas)
+    assert [seen.lr_scheduler.lr_lambdas[0](k) for k in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]  # linear, no warm-up
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["learning_rate"] for e in logged if "loss" in e] == pytest.approx([2e-3 * (4 - k) / 4 for k in range(4)])
+    crop = seen.dataset.transform.transforms[1]
+    assert crop.cat_max_ratio == 0.5  # given on the command line: the recipe's 1.0 does not replace it
+    assert not any(type(t).__name__ == "PhotometricDistortion" for t in seen.dataset.transform.transforms)
+    rows = card_rows(out)
+    assert rows["recipe"] == "plain" and rows["cat_max_ratio"] == "0.5" and rows["photometric"] == "False"
+    assert rows["weight_decay"] == "0.0" and rows["warmup_steps"] == "0" and "head_lr_mult" not in rows
+    assert rows["schedule"] == "the Trainer's linear"
 
 
 def test_overfit_reports_whether_and_when_mean_iou_passed(demo_dataset, tiny_model_dir, tmp_path):
@@ -102,9 +183,20 @@ def test_overfit_reports_whether_and_when_mean_iou_passed(demo_dataset, tiny_mod
 
 
 def test_early_stopping_stops_when_mean_iou_stalls(demo_dataset, tiny_model_dir, tmp_path):
+    import logging
+
     out = tmp_path / "early"
-    metrics = run_training(options(demo_dataset, tiny_model_dir, out, "--early-stopping", "1", "--max_steps", "40",
-                                   "--eval_steps", "2", "--learning_rate", "1e-2", "--num-workers", "0"))
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        metrics = run_training(options(demo_dataset, tiny_model_dir, out, "--early-stopping", "1", "--max_steps",
+                                       "40", "--eval_steps", "2", "--learning_rate", "1e-2", "--num-workers", "0"))
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    # the final evaluation (final_* metrics) does not reach early stopping as a missing eval_mean_iou
+    assert not [r for r in records if "early stopping" in r.getMessage()]
     evals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if "eval_mean_iou" in line]
     best, stop = -1.0, None
     for e in evals:  # patience 1: the first evaluation that is no better than the best so far stops it

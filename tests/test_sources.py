@@ -538,6 +538,24 @@ def test_inspect_flags_what_stops_training_in_the_whole_dataset(tmp_path, capsys
     ]
 
 
+def test_inspect_with_no_good_pair_writes_a_picture_saying_so(tmp_path, capsys):
+    """inspect.png is still written (replacing an older grid) and says there is nothing to show."""
+    for i in range(2):
+        write_image(tmp_path / "t" / f"t{i}.png", seed=i)
+        write_mask(tmp_path / "tm" / f"t{i}.png", size=(8, 8))  # every mask the wrong size
+    (tmp_path / "set.yaml").write_text("train: t\ntrain_masks: tm\n")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    Image.new("RGB", (900, 700), "red").save(out_dir / "inspect.png")  # a previous run's grid
+    code, out, _ = run_cli(capsys, ["inspect", "--data", tmp_path / "set.yaml", "--output-dir", out_dir])
+    assert code == 1 and f"written: {out_dir / 'inspect.json'}, {out_dir / 'inspect.png'}" in out
+    with Image.open(out_dir / "inspect.png") as picture:
+        pixels = np.asarray(picture.convert("RGB"))
+    assert pixels.shape[:2] == (120, 480)  # 6 x 1.5 inches at 80 dpi: the notice, not the old grid
+    dark = (pixels < 100).all(axis=-1)
+    assert 0 < dark.mean() < 0.2  # text on white
+
+
 # ---------------------------------------------------------------- segtune train --skip-bad
 
 

@@ -85,3 +85,44 @@ def test_architecture_names_build_random_segformers():
     model = load_model("mit-b0", LabelSet.numbered(5))
     assert model.config.hidden_sizes == [32, 64, 160, 256] and model.config.num_labels == 5
     assert model.config.id2label[4] == "class_4"
+
+
+def test_plain_recipe_presets_leave_the_options_given_alone(tmp_path):
+    from segtune.train import TrainOptions, _recipe_augment
+    from segtune.transforms import AugmentConfig
+
+    def augment(*argv):
+        opts = options(["--data", "d", "--output-dir", str(tmp_path), "--recipe", "plain", *argv])
+        _recipe_augment(opts)
+        return opts.augment.cat_max_ratio, opts.augment.photometric
+
+    assert augment() == (1.0, False)  # the seeds' pipeline: resize, crop and flip only
+    assert augment("--cat-max-ratio", "0.75") == (0.75, False)  # given, even at the default value
+    assert augment("--cat-max-ratio", "0.5", "--no-photometric") == (0.5, False)
+    config = tmp_path / "run.yaml"
+    config.write_text("cat_max_ratio: 0.6\n")
+    assert augment("--config", str(config)) == (0.6, False)
+    # from Python: the values that differ from AugmentConfig's defaults count as given
+    opts = TrainOptions(data="d", output_dir=tmp_path, recipe="plain", augment=AugmentConfig(cat_max_ratio=0.5))
+    _recipe_augment(opts)
+    assert (opts.augment.cat_max_ratio, opts.augment.photometric) == (0.5, False)
+    segformer = options(["--data", "d", "--output-dir", str(tmp_path)])
+    _recipe_augment(segformer)
+    assert (segformer.augment.cat_max_ratio, segformer.augment.photometric) == (0.75, True)
+
+
+def test_report_to_a_missing_package_is_one_line_before_any_data_is_read(demo_dataset, tmp_path, capsys):
+    import importlib.util
+
+    from segtune.cli import main
+
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed")
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(demo_dataset), "--output-dir", str(out), "--report_to", "tensorboard"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.strip().splitlines() == [
+        "segtune: error: --report_to tensorboard: the tensorboard package is not installed; "
+        "install it (pip install tensorboard) or drop --report_to tensorboard"]
+    assert "Traceback" not in err and not out.exists()
