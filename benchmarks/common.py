@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# SEGTUNE_BENCH_RESULTS moves the results elsewhere (python -m benchmarks --quick does, to leave results/ alone)
+RESULTS_DIR = Path(os.environ.get("SEGTUNE_BENCH_RESULTS") or Path(__file__).resolve().parent / "results").resolve()
 
 
 # ---------------------------------------------------------------- timing

@@ -18,12 +18,12 @@ import time
 import warnings
 
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
 from benchmarks.common import (REPO, OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet, spread,
                                write_result)
+from benchmarks.seed import SeedDataset, seed_processor
 
 DEFAULT_DATA = REPO / "examples" / "camvid-mini.yaml"
 BATCH_SIZE = 2  # the seeds' per_device_train_batch_size, and segtune's default
@@ -50,26 +50,6 @@ def segtune_dataset(data_path, crop_size: int):
     processor = training_processor("mit-b0", cfg.base_size)
     augment = train_transform(cfg, processor.image_mean, processor.image_std, data.ignore_index)
     return data, labels, TrainDataset(data.train, augment, data.rules)
-
-
-class SeedStyleDataset(Dataset):
-    """The Hugging Face semantic-segmentation tutorial's Dataset: PIL open, processor per sample."""
-
-    def __init__(self, samples, size: int):
-        # SegformerImageProcessor is this one when torchvision is absent
-        from transformers.models.segformer import SegformerImageProcessorPil
-
-        self.samples = samples
-        self.processor = SegformerImageProcessorPil(size={"height": size, "width": size})  # default: 512x512
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        sample = self.samples[i]
-        image, mask = Image.open(sample.image), Image.open(sample.mask)
-        encoded = self.processor(images=image, segmentation_maps=mask, return_tensors="pt")
-        return {k: v.squeeze(0) for k, v in encoded.items()}  # remove the batch dimension
 
 
 def training_order(dataset, num_samples: int, seed: int) -> list[int]:
@@ -375,7 +355,8 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message=".*torchvision.*")
     began = time.perf_counter()
     data, labels, segtune_set = segtune_dataset(args.data, args.crop_size)
-    seed_set = SeedStyleDataset(data.train, args.crop_size)
+    seed_set = SeedDataset([(s.image, s.mask) for s in data.train],
+                           seed_processor(size={"height": args.crop_size, "width": args.crop_size}))
     print(f"data: {args.data}: {len(segtune_set)} training pairs; batch {BATCH_SIZE}, crop {args.crop_size}",
           file=sys.stderr)
     info = machine()

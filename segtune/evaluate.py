@@ -38,9 +38,25 @@ def _same_shape_runs(items):
         yield run
 
 
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) scores -> (H, W) int64 index of the largest, the first one on ties: `argmax(0)`.
+
+    On CPU, torch's argmax over the first of three dimensions is slow (14 ms for 11 x 360 x 480
+    here); a running maximum over the class planes gives the same indices 2 to 7 times faster
+    (benchmarks/README.md). NaN scores (a broken model) are not treated as largest."""
+    if scores.device.type != "cpu" or scores.dim() != 3:
+        return scores.argmax(0)
+    best, index = scores[0].clone(), torch.zeros(scores.shape[1:], dtype=torch.int64)
+    for c in range(1, scores.shape[0]):
+        better = scores[c] > best  # strictly: an equal later class does not win, as in argmax
+        torch.maximum(best, scores[c], out=best)
+        index.masked_fill_(better, c)
+    return index
+
+
 def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(C, h, w) logits -> (H, W) class ids, as `post_process_semantic_segmentation` does."""
-    return F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+    return class_argmax(F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0])
 
 
 @torch.inference_mode()

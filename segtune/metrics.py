@@ -23,16 +23,42 @@ class ConfusionMatrix:
 
     def update(self, label: torch.Tensor, prediction: torch.Tensor) -> None:
         """Adds one or more label/prediction maps of the same shape."""
-        label = torch.as_tensor(label, device=self.mat.device).flatten().long()
-        prediction = torch.as_tensor(prediction, device=self.mat.device).flatten().long()
+        label = torch.as_tensor(label, device=self.mat.device).flatten()
+        prediction = torch.as_tensor(prediction, device=self.mat.device).flatten()
         if label.shape != prediction.shape:
             raise ValueError(f"label and prediction differ in size: {label.shape} vs {prediction.shape}")
-        keep = label != self.ignore_index
-        label, prediction = label[keep], prediction[keep]
+        if label.numel() == 0:
+            return
+        # Count every (label, prediction) value pair present in one bincount over the values' own
+        # range (about 256 x C bins), then fold the ignored row and the out-of-range values into
+        # the matrix: four passes over the pixels instead of masking and remapping each of them.
+        label_min, label_max = (int(v) for v in torch.aminmax(label))
+        pred_min, pred_max = (int(v) for v in torch.aminmax(prediction))
+        rows, cols, ignore_row = label_max + 1, pred_max + 1, self.ignore_index
+        if min(label_min, pred_min) < 0 or rows * cols > 2**24:  # negative or huge values: remap them first
+            label, prediction, ignore_row = self._remapped(label.long(), True), self._remapped(prediction.long()), None
+            rows = cols = self.num_classes + 2
+        pairs = torch.add(prediction.long(), label.long(), alpha=cols)
+        self._add_counts(torch.bincount(pairs, minlength=rows * cols).view(rows, cols), ignore_row)
+
+    def _remapped(self, values: torch.Tensor, labels: bool = False) -> torch.Tensor:
+        """Values outside [0, num_classes) -> num_classes; in labels the ignore index -> num_classes + 1."""
         n = self.num_classes
-        label = torch.where((label >= 0) & (label < n), label, n)
-        prediction = torch.where((prediction >= 0) & (prediction < n), prediction, n)
-        self.mat += torch.bincount(label * (n + 1) + prediction, minlength=(n + 1) ** 2).reshape(n + 1, n + 1)
+        out = torch.where((values >= 0) & (values < n), values, n)
+        return torch.where(values == self.ignore_index, n + 1, out) if labels else out
+
+    def _add_counts(self, counts: torch.Tensor, ignore_row: int | None) -> None:
+        """Adds a (label value x prediction value) count table: the ignored row dropped (the last
+        one when None), values outside the classes summed into the matrix's last row and column."""
+        n = self.num_classes
+        ignore_row = counts.shape[0] - 1 if ignore_row is None else ignore_row
+        if 0 <= ignore_row < counts.shape[0]:
+            counts[ignore_row] = 0
+        folded = torch.zeros((counts.shape[0], n + 1), dtype=torch.int64, device=counts.device)
+        folded[:, : min(counts.shape[1], n)] = counts[:, :n]
+        folded[:, n] += counts[:, n:].sum(1)
+        self.mat[: min(counts.shape[0], n)] += folded[:n]
+        self.mat[n] += folded[n:].sum(0)
 
     def merge(self, other: "ConfusionMatrix") -> None:
         self.mat += other.mat.to(self.mat.device)

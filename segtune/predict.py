@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from .data import IMAGE_SUFFIXES, MaskRules, Sample, read_image, to_rgb
 from .errors import SegtuneError
-from .evaluate import upsampled_argmax
+from .evaluate import class_argmax, upsampled_argmax
 from .labels import LabelSet, load_labels
 from .model import load_processor
 
@@ -373,7 +373,7 @@ class Segmenter:
         for item, item_logits in zip(items, logits):
             if probabilities:
                 scores = F.interpolate(item_logits[None], size=item.size, mode="bilinear", align_corners=False)[0]
-                yield item, scores.argmax(0).cpu().numpy(), scores.softmax(0).cpu().numpy()
+                yield item, class_argmax(scores).cpu().numpy(), scores.softmax(0).cpu().numpy()
             else:
                 yield item, upsampled_argmax(item_logits, item.size).cpu().numpy(), None
 
@@ -385,11 +385,11 @@ class Segmenter:
             for logits in self._augmented_logits(pixel_values, flips, item.mode):
                 scores = F.interpolate(logits[None], size=item.size, mode="bilinear", align_corners=False)[0]
                 if not self.tta:
-                    return scores.argmax(0).cpu().numpy(), scores.softmax(0).cpu().numpy() if probabilities else None
+                    return class_argmax(scores).cpu().numpy(), scores.softmax(0).cpu().numpy() if probabilities else None
                 total = scores.softmax(0) if total is None else total.add_(scores.softmax(0))
                 count += 1
         probs = total / count
-        return probs.argmax(0).cpu().numpy(), probs.cpu().numpy() if probabilities else None
+        return class_argmax(probs).cpu().numpy(), probs.cpu().numpy() if probabilities else None
 
     def _augmented_logits(self, pixel_values: torch.Tensor, flips, mode: str):
         """Logits (C, h, w) of the input and of its mirror image, each mirrored back."""

@@ -139,8 +139,8 @@ class SegmentationTrainer(Trainer):
             args = self.args
             self.optimizer = torch.optim.AdamW(
                 self.param_groups(self.model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                eps=args.adam_epsilon, fused=next(self.model.parameters()).is_cuda,  # one kernel on a GPU
-            )  # each group carries its own lr and weight decay
+                eps=args.adam_epsilon, fused=next(self.model.parameters()).device.type in ("cuda", "cpu"),
+            )  # each group its own lr and weight decay; fused (one kernel) as the Trainer's default AdamW
         return super().create_optimizer(model)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):

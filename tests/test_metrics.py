@@ -96,6 +96,37 @@ def test_matches_reference_on_random_maps(num_classes, ignore_index):
     np.testing.assert_allclose(got["per_category_accuracy"], want["per_category_accuracy"], atol=1e-12, equal_nan=True)
 
 
+def naive_matrix(label, pred, n, ignore_index):
+    """Pixel by pixel: ignored labels dropped, values outside [0, n) counted in row / column n."""
+    mat = np.zeros((n + 1, n + 1), np.int64)
+    for l, p in zip(np.ravel(label).tolist(), np.ravel(pred).tolist()):
+        if l != ignore_index:
+            mat[l if 0 <= l < n else n, p if 0 <= p < n else n] += 1
+    return mat
+
+
+@pytest.mark.parametrize("ignore_index", [255, 0, -100, 3])
+@pytest.mark.parametrize("values", ["small", "negative", "huge", "uint8"])
+def test_every_value_lands_where_evaluate_counts_it(ignore_index, values):
+    # The fast path (one bincount over the values' range) and the remapping path (negative or
+    # huge values) must both give the pixel-by-pixel matrix, whatever the ignore index.
+    rng = np.random.default_rng(abs(ignore_index))
+    n = 4
+    label = rng.integers(0, n + 2, size=500)
+    pred = rng.integers(0, n + 2, size=500)
+    label[::7] = ignore_index
+    if values == "negative":
+        label[::11], pred[::13] = -3, -1
+    elif values == "huge":
+        label[::11], pred[::13] = 10**7, 300
+    elif values == "uint8":
+        label, pred = label.astype(np.uint8), pred.astype(np.uint8)  # -100 wraps to 156: never ignored
+    cm = ConfusionMatrix(n, ignore_index)
+    cm.update(torch.from_numpy(label[:250]), torch.from_numpy(pred[:250]))
+    cm.update(torch.from_numpy(label[250:]), torch.from_numpy(pred[250:]))
+    assert np.array_equal(cm.mat.numpy(), naive_matrix(label, pred, n, ignore_index))
+
+
 def test_merge_equals_single_pass():
     rng = np.random.default_rng(0)
     label, pred = rng.integers(0, 4, 100), rng.integers(0, 4, 100)
@@ -105,3 +136,15 @@ def test_merge_equals_single_pass():
     b.update(torch.from_numpy(label[40:]), torch.from_numpy(pred[40:]))
     a.merge(b)
     assert torch.equal(a.mat, whole.mat)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 11, 150])
+def test_class_argmax_equals_torch_argmax_ties_included(classes):
+    from segtune.evaluate import class_argmax
+
+    generator = torch.Generator().manual_seed(classes)
+    scores = torch.randint(-3, 4, (classes, 37, 23), generator=generator).float()  # many exact ties
+    scores[:, 0, 0] = float("-inf")
+    assert torch.equal(class_argmax(scores), scores.argmax(0))
+    smooth = torch.randn(classes, 37, 23, generator=generator)
+    assert torch.equal(class_argmax(smooth), smooth.argmax(0))
