@@ -202,7 +202,8 @@ def main(argv=None) -> int:
             "wall s": round(r["wall_s"], 1),
             "start-up s": None if r["loop_s"] is None else round(r["wall_s"] - r["loop_s"], 1),
             "x pipeline": None if pipeline_speed is None else round(speed / pipeline_speed, 2),
-            "pixels equal to seed %": round(100 * float(same.mean()), 4),
+            "pixels equal to seed %": round(100 * float(same.mean()), 6),
+            "pixels differing": int(same.size - same.sum()),
             "images identical": f"{int(same.reshape(len(same), -1).all(axis=1).sum())}/{len(same)}",
             "other load": None if r["other_load"] is None else round(r["other_load"], 2),
         })

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-bad", dest="skip_bad", action="store_true", default=None,
                        help="train on the good pairs, after listing the bad ones")
     train.add_argument("--num-workers", dest="num_workers", type=int,
-                       help="DataLoader worker processes (default: half the cores, at most 4)")
+                       help="DataLoader worker processes (default: half the cores, at most 4, with a GPU; 0 on CPU)")
     train.add_argument("--val-split", dest="val_split", type=float, help="validation share when the data has no split")
     train.add_argument("--base-size", dest="base_size", type=int, help="short side for evaluation (default 512)")
     train.add_argument("--crop-size", dest="crop_size", type=int, help="training crop (default 512)")

@@ -30,7 +30,8 @@ def test_summary_reads_results_and_marks_missing(tmp_path):
                   {"side": "segtune (ConfusionMatrix)", "spread": {"median": 0.2}}]})
     speeds = {"seed": 2.0, "pipeline": 4.0, "segtune-cli": 3.0}
     _write(tmp_path, "predict_speed", {"images": 10, "device": "cpu",
-                                       "rows": [{"method": m, "img/s": v} for m, v in speeds.items()]})
+                                       "rows": [{"method": m, "img/s": v, "images identical": "9/10"}
+                                                for m, v in speeds.items()]})
     _write(tmp_path, "train_speed", {"summary": [{"what": "training images/s", "segtune": 1.5, "baseline": 1.2,
                                                   "ratio": 1.25, "target": ">= 1x", "met": True}]})
     (tmp_path / "flops.json").write_text("{}")  # present but unreadable: no summary, no figures
@@ -41,8 +42,9 @@ def test_summary_reads_results_and_marks_missing(tmp_path):
     metric = next(v for k, v in rows.items() if k[0] == "metric_speed")
     assert metric[:5] == ["0.2", "5", "25.00x", ">= 20x faster", "yes"]
     predict = {k[1]: v for k, v in rows.items() if k[0] == "predict_speed"}
-    assert next(v for k, v in predict.items() if "vs seeds' loop" in k)[2] == "1.50x"  # 3 / 2
-    assert next(v for k, v in predict.items() if "vs pipeline" in k)[2] == "0.75x"  # 3 / 4
+    assert next(v for k, v in predict.items() if "vs seeds loop" in k)[2:4] == ["1.50x", ""]  # 3 / 2
+    assert next(v for k, v in predict.items() if "vs pipeline" in k)[2:] == ["0.75x", ">= 1.5x", "NO"]  # 3 / 4
+    assert all("9/10 maps identical" in k for k in predict)
     assert rows["train_speed", "training images/s"] == ["1.5", "1.2", "1.25x", ">= 1x", "yes"]
     assert next(v for k, v in rows.items() if k[0] == "eval_speed")[0] == "not run"
     assert next(v for k, v in rows.items() if k[0] == "data_path")[0] == "FAILED in this run"

@@ -148,3 +148,15 @@ def test_class_argmax_equals_torch_argmax_ties_included(classes):
     assert torch.equal(class_argmax(scores), scores.argmax(0))
     smooth = torch.randn(classes, 37, 23, generator=generator)
     assert torch.equal(class_argmax(smooth), smooth.argmax(0))
+
+
+def test_batched_upsampling_equals_one_image_at_a_time():
+    from segtune.evaluate import upsampled_argmax
+
+    logits = torch.randn(3, 7, 16, 21, generator=torch.Generator().manual_seed(1))
+    batched = upsampled_argmax(logits, (61, 83))
+    assert batched.shape == (3, 61, 83)
+    for one, item_logits in zip(batched, logits):
+        assert torch.equal(one, upsampled_argmax(item_logits, (61, 83)))
+        assert torch.equal(one, torch.nn.functional.interpolate(
+            item_logits[None], size=(61, 83), mode="bilinear", align_corners=False)[0].argmax(0))
