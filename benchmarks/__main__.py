@@ -22,17 +22,17 @@ from benchmarks.common import REPO, RESULTS_DIR, describe, markdown_table
 
 ORDER = ["data_path", "train_speed", "eval_speed", "metric_speed", "predict_speed", "flops"]
 PREDICT_METHODS = ["--methods", "seed", "pipeline", "segtune-cli", "segtune-cli-fold"]
-FULL = {  # about 1.5 + 2.5 + 2 + 0.5 + 6.5 + 1 minutes on a quiet 2-core CPU
-    "data_path": [],
-    "train_speed": ["--steps", "30", "--warmup", "3"],
+FULL = {  # about 1 + 2 + 2 + 0.2 + 8.5 + 0.5 minutes on a quiet 2-core CPU
+    "data_path": ["--repeats", "3"],
+    "train_speed": ["--steps", "15", "--warmup", "3", "--rounds", "2"],  # 30 timed steps a side, drift cancelled
     "eval_speed": [],
     "metric_speed": [],
-    "predict_speed": ["--images", "200", *PREDICT_METHODS],  # the folder of 200 images
+    "predict_speed": ["--images", "200", "--rounds", "2", *PREDICT_METHODS],  # the folder of 200 images
     "flops": [],
 }
 GPU = {  # a GPU is fast: more images and rounds, and every predict method (bf16 included)
     "train_speed": ["--steps", "30", "--warmup", "5", "--rounds", "2"],
-    "predict_speed": ["--images", "200"],
+    "predict_speed": ["--images", "200", "--rounds", "2"],
 }
 QUICK = {
     "data_path": ["--batches", "2", "--repeats", "1", "--workers", "0", "--model-steps", "0"],

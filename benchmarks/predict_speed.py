@@ -2,7 +2,7 @@
 the seeds' loop (processor, model, `interpolate`, argmax, one image at a time), on the same real
 images with the same model, start-up included, and whether they give the same label maps.
 
-    python -m benchmarks.predict_speed [--images 200] [--methods seed pipeline segtune-cli ...]
+    python -m benchmarks.predict_speed [--images 200] [--rounds 1] [--methods seed pipeline segtune-cli ...]
 
 Each method runs in a fresh process timed from outside, so interpreter start, imports and
 model loading count. The model is mit-b0 sized (random weights, 12 classes: no Hub here) with
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,8 @@ def run_method(method: str, model: Path, images: list[Path], folder: Path, work:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of each method, in alternating order; the median wall time counts")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -180,12 +183,22 @@ def main(argv=None) -> int:
     try:
         model = make_model(work / "model")
         images = image_folder(work / "images", args.images)
-        runs = {}
-        for method in methods:
-            runs[method] = run_method(method, model, images, work / "images", work, device)
-            r = runs[method]
-            print(f"{method}: {r['wall_s']:.1f} s ({args.images / r['wall_s']:.2f} img/s), other load "
-                  f"{r['other_load'] if r['other_load'] is None else round(r['other_load'], 2)}", flush=True)
+        runs, walls = {}, {m: [] for m in methods}
+        for round_ in range(args.rounds):
+            # The order alternates so slow drift of the machine's speed hits every method alike; the
+            # seeds' loop (the reference label maps) runs in the first round only.
+            order = methods if round_ % 2 == 0 else methods[::-1]
+            for method in order:
+                if round_ and method == REFERENCE:
+                    continue
+                r = run_method(method, model, images, work / "images", work, device)
+                runs.setdefault(method, r)
+                walls[method].append(r["wall_s"])
+                print(f"round {round_ + 1} {method}: {r['wall_s']:.1f} s ({args.images / r['wall_s']:.2f} img/s), "
+                      f"other load {r['other_load'] if r['other_load'] is None else round(r['other_load'], 2)}",
+                      flush=True)
+        for method, r in runs.items():
+            r["walls"], r["wall_s"] = walls[method], statistics.median(walls[method])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -200,6 +213,7 @@ def main(argv=None) -> int:
             "img/s": round(speed, 3),
             "ms/img": round(1000 * r["wall_s"] / args.images, 1),
             "wall s": round(r["wall_s"], 1),
+            "runs": len(r["walls"]),
             "start-up s": None if r["loop_s"] is None else round(r["wall_s"] - r["loop_s"], 1),
             "x pipeline": None if pipeline_speed is None else round(speed / pipeline_speed, 2),
             "pixels equal to seed %": round(100 * float(same.mean()), 6),
