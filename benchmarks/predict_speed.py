@@ -125,6 +125,7 @@ def run_method(method: str, model: Path, images: list[Path], folder: Path, work:
     out = work / f"{method}.npz"
     if method.startswith("segtune-cli"):
         pred = work / method
+        shutil.rmtree(pred, ignore_errors=True)  # a fresh folder each round: segtune skips images already done
         extra = {"segtune-cli-fold": ["--fold-head"], "segtune-cli-bf16": ["--dtype", "bfloat16"]}.get(method, [])
         cmd = [str(Path(sys.executable).parent / "segtune"), "predict", "--model", str(model), str(folder),
                "--output-dir", str(pred), "--device", device, *extra]

@@ -126,3 +126,18 @@ def test_report_to_a_missing_package_is_one_line_before_any_data_is_read(demo_da
         "segtune: error: --report_to tensorboard: the tensorboard package is not installed; "
         "install it (pip install tensorboard) or drop --report_to tensorboard"]
     assert "Traceback" not in err and not out.exists()
+
+
+def test_bf16_is_the_default_on_a_gpu_that_has_it_and_the_user_can_turn_it_off(tmp_path, monkeypatch):
+    import torch
+
+    import segtune.train as train
+
+    assert train.training_arguments(tmp_path, {}).bf16 is False  # this CPU
+    monkeypatch.setattr(train, "gpu_training", lambda values: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert train.gpu_precision_default({}, {}) == {"bf16": True}
+    assert train.gpu_precision_default({}, {"bf16": False}) == {}
+    assert train.gpu_precision_default({}, {"fp16": True}) == {}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a T4
+    assert train.gpu_precision_default({}, {}) == {}
