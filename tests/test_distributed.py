@@ -1,18 +1,31 @@
-"""Data-parallel training with torchrun: 2 CPU processes (gloo), metrics as a single process scores them."""
+"""Data-parallel training with torchrun and with `accelerate launch`: 2 CPU processes (gloo),
+metrics as a single process scores them."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from segtune.cli import main
 
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"],
+    # --multi_gpu is accelerate's data-parallel launcher; on a machine without GPUs its processes
+    # train on the CPU over gloo (segtune sets use_cpu), as torchrun's do
+    "accelerate": [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
 
-def test_torchrun_two_processes(tmp_path, tiny_model_dir):
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_processes(tmp_path, tiny_model_dir, launcher):
     from segtune.demo_data import generate_demo_dataset
 
     data = generate_demo_dataset(tmp_path / "data", seed=2, num_train=12, num_val=5, image_size=64)
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "segtune", "train",
+    command = [*LAUNCHERS[launcher], "-m", "segtune", "train",
                "--data", str(data), "--model", str(tiny_model_dir), "--output-dir", str(out), "--reduce-labels",
                "--base-size", "64", "--crop-size", "48", "--max_steps", "6", "--eval_steps", "3",
                "--per_device_train_batch_size", "2", "--disable_tqdm", "true", "--num-workers", "0"]
