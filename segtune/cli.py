@@ -237,6 +237,11 @@ def train_options(ns: argparse.Namespace, rest: list[str]):
         raise SegtuneError("no data given: pass --data PATH (a dataset folder or YAML data file)")
     if "num_workers" in ours:
         training.setdefault("dataloader_num_workers", ours.pop("num_workers"))
+    if isinstance(training.get("report_to"), str) and "," in training["report_to"]:  # tensorboard,wandb
+        training["report_to"] = [name.strip() for name in training["report_to"].split(",") if name.strip()]
+    if ours.get("recipe") == "plain" and "head_lr_mult" in ours:
+        raise SegtuneError("--head-lr-mult: --recipe plain trains every layer at one learning rate; "
+                           "drop one of the two")
     sources = source_options(ours)
     ours = {k: v for k, v in ours.items() if k not in SOURCE_KEYS}
     aug_keys = {f.name for f in dataclasses.fields(AugmentConfig)}

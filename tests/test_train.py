@@ -141,3 +141,14 @@ def test_bf16_is_the_default_on_a_gpu_that_has_it_and_the_user_can_turn_it_off(t
     assert train.gpu_precision_default({}, {"fp16": True}) == {}
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a T4
     assert train.gpu_precision_default({}, {}) == {}
+
+
+def test_report_to_takes_a_comma_separated_list_and_plain_refuses_a_head_multiple(tmp_path):
+    from segtune.train import training_arguments
+
+    opts = options(["--data", "d", "--output-dir", str(tmp_path), "--report_to", "none,none"])
+    assert opts.training["report_to"] == ["none", "none"]
+    assert training_arguments(tmp_path, {"report_to": ["none"]}).report_to == []
+    with pytest.raises(SegtuneError, match="--head-lr-mult: --recipe plain"):
+        options(["--data", "d", "--output-dir", str(tmp_path), "--recipe", "plain", "--head-lr-mult", "5"])
+    assert options(["--data", "d", "--output-dir", str(tmp_path), "--head-lr-mult", "5"]).head_lr_mult == 5.0
