@@ -20,6 +20,7 @@ class ConfusionMatrix:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.mat = torch.zeros((num_classes + 1, num_classes + 1), dtype=torch.int64, device=device)
+        self._pairs = None  # scratch space for update()
 
     def update(self, label: torch.Tensor, prediction: torch.Tensor) -> None:
         """Adds one or more label/prediction maps of the same shape."""
@@ -38,7 +39,12 @@ class ConfusionMatrix:
         if min(label_min, pred_min) < 0 or rows * cols > 2**24:  # negative or huge values: remap them first
             label, prediction, ignore_row = self._remapped(label.long(), True), self._remapped(prediction.long()), None
             rows = cols = self.num_classes + 2
-        pairs = torch.add(prediction.long(), label.long(), alpha=cols)
+        # label * cols + prediction, in a buffer kept between updates: a fresh tensor of this size
+        # costs more in page faults than the arithmetic (3x here)
+        if self._pairs is None or self._pairs.numel() < label.numel():
+            self._pairs = torch.empty(label.numel(), dtype=torch.int64, device=self.mat.device)
+        pairs = self._pairs[: label.numel()]
+        torch.add(prediction.long(), label.long(), alpha=cols, out=pairs)  # .long(): no copy for int64 maps
         self._add_counts(torch.bincount(pairs, minlength=rows * cols).view(rows, cols), ignore_row)
 
     def _remapped(self, values: torch.Tensor, labels: bool = False) -> torch.Tensor:
