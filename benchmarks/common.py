@@ -255,6 +255,15 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def save_result(name: str, result: dict, write: bool = True) -> None:
+    """write_result, unless a module's --no-write, and says where on stderr (with `wall_s`)."""
+    if not write:
+        return
+    path = write_result(name, result)
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    print(f"\nwrote {shown} ({result.get('wall_s')} s)", file=sys.stderr)
+
+
 def _cell(value) -> str:
     if value is None:
         return ""

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
 from benchmarks.common import (REPO, OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet, spread,
-                               write_result)
+                               save_result)
 from benchmarks.seed import SeedDataset, seed_processor
 
 DEFAULT_DATA = REPO / "examples" / "camvid-mini.yaml"
@@ -411,9 +411,7 @@ def main(argv=None) -> int:
         "wall_s": round(time.perf_counter() - began, 1),
         "table_md": text,
     }
-    if not args.no_write:
-        path = write_result("data_path", result)
-        print(f"\nwrote {path.relative_to(REPO)} ({result['wall_s']} s)", file=sys.stderr)
+    save_result("data_path", result, write=not args.no_write)
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, OtherLoad, command, describe, machine, markdown_table, write_result
+from benchmarks.common import REPO, OtherLoad, command, describe, machine, markdown_table, save_result
 
 CAMVID = REPO / "examples" / "camvid-mini.yaml"
 GEN_CLASSES = 12
@@ -316,9 +316,7 @@ def main(argv=None) -> int:
         "wall_s": round(time.perf_counter() - began, 1),
         "table_md": text,
     }
-    if not args.no_write:
-        path = write_result("eval_speed", result)
-        print(f"\nwrote {path} ({result['wall_s']} s)", file=sys.stderr)
+    save_result("eval_speed", result, write=not args.no_write)
     return 0
 
 

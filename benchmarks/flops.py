@@ -20,8 +20,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from benchmarks.common import (REPO, OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet, spread,
-                               write_result)
+from benchmarks.common import (OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet, spread,
+                               save_result)
 
 CROP, BATCH = 512, 2
 
@@ -187,9 +187,7 @@ def main(argv=None) -> int:
                            "warmup": args.warmup, "matmul_size": n, "max_others": args.max_others},
               "peak_matmul_flops_per_s": peaks, "rows": rows, "summary": summary, "notes": notes,
               "peak_rss_mb": peak_rss_mb(), "wall_s": round(time.perf_counter() - began, 1), "table_md": text}
-    if not args.no_write:
-        path = write_result("flops", result)
-        print(f"\nwrote {path.relative_to(REPO)} ({result['wall_s']} s)", file=sys.stderr)
+    save_result("flops", result, write=not args.no_write)
     return 0
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import (OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet, spread,
-                               write_result)
+                               save_result)
 from benchmarks.seed import seed_mean_iou
 from segtune.metrics import ConfusionMatrix
 
@@ -146,9 +146,7 @@ def main(argv=None) -> int:
         "wall_s": round(time.perf_counter() - began, 1),
         "table_md": text,
     }
-    if not args.no_write:
-        path = write_result("metric_speed", result)
-        print(f"\nwrote {path} ({result['wall_s']} s)", file=sys.stderr)
+    save_result("metric_speed", result, write=not args.no_write)
     return 0 if identical else 1
 
 

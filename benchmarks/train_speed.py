@@ -25,7 +25,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from benchmarks.common import (REPO, OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet, spread,
-                               write_result)
+                               save_result)
 
 DEFAULT_DATA = REPO / "examples" / "camvid-mini.yaml"
 SIDES = ("segtune", "seed")
@@ -242,9 +242,7 @@ def main(argv=None) -> int:
                      "target": f">= {target:g}x", "met": ratio >= target if comparable else None}],
         "peak_rss_mb": peak_rss_mb(), "wall_s": round(time.perf_counter() - began, 1), "table_md": text,
     }
-    if not args.no_write:
-        path = write_result("train_speed", result)
-        print(f"\nwrote {path.relative_to(REPO)} ({result['wall_s']} s)", file=sys.stderr)
+    save_result("train_speed", result, write=not args.no_write)
     return 0
 
 

@@ -7,6 +7,7 @@ pairs is `sources.py`'s job; checking them all is `checks.py`'s.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,22 +40,33 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def bombs_refused():
+    """Pillow's decompression-bomb warning raised as an error: an image that large is refused
+    before it is decoded (catch BOMB_ERRORS, then raise too_large)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def too_large(where, what: str) -> SegtuneError:
+    return SegtuneError(f"{where}: {what} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS / 1e6:.0f} "
+                        "megapixels: Pillow's decompression-bomb limit)")
+
+
 def open_image(path: Path, what: str = "image") -> Image.Image:
     """Opens and fully decodes a file, so a truncated one fails here, with one line naming it."""
     try:
         if path.stat().st_size == 0:
             raise SegtuneError(f"{path}: empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                return img
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        limit = Image.MAX_IMAGE_PIXELS
-        raise SegtuneError(
-            f"{path}: {what} is too large to decode safely (over {limit / 1e6:.0f} megapixels: "
-            "Pillow's decompression-bomb limit)"
-        ) from None
+        with bombs_refused(), Image.open(path) as img:
+            img.load()
+            return img
+    except BOMB_ERRORS:
+        raise too_large(path, what) from None
     except UnidentifiedImageError:
         raise SegtuneError(f"{path}: not an image file, or a format Pillow cannot read") from None
     except FileNotFoundError:
@@ -200,10 +212,9 @@ class RowSample:
 
     def read(self, rules: MaskRules) -> tuple[Image.Image, np.ndarray]:
         try:
-            with warnings.catch_warnings():  # as open_image: refuse a bomb before decoding it
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with bombs_refused():
                 row = self.table[self.index]  # `datasets` decodes the row's image columns here
-        except (*DECODE_ERRORS, Image.DecompressionBombWarning):
+        except (*DECODE_ERRORS, *BOMB_ERRORS):
             raise self._decode_error() from None
         return decode_row(row, self.image_column, self.label_column, self.name, rules)
 
@@ -211,13 +222,10 @@ class RowSample:
         """One line naming the row and the column that `datasets` could not decode."""
         for column in (self.image_column, self.label_column):
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with bombs_refused():
                     self.table.select_columns([column])[self.index]
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-                return SegtuneError(f"{self.name}: column '{column}' is too large to decode safely (over "
-                                    f"{Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels: Pillow's decompression-bomb "
-                                    "limit)")
+            except BOMB_ERRORS:
+                return too_large(self.name, f"column '{column}'")
             except UnidentifiedImageError:
                 return SegtuneError(f"{self.name}: column '{column}' is not an image, or a format Pillow cannot read")
             except DECODE_ERRORS as e:
@@ -235,8 +243,7 @@ def decode_row(row: dict, image_column: str, label_column: str, name: str, rules
         # Decoded already (the warning range only warns, and a caller's filter may not hold in threads):
         # refused as the files are, one line naming the row.
         if isinstance(value, Image.Image) and value.width * value.height > (Image.MAX_IMAGE_PIXELS or np.inf):
-            raise SegtuneError(f"{name}: column '{column}' is too large to decode safely (over "
-                               f"{Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels: Pillow's decompression-bomb limit)")
+            raise too_large(name, f"column '{column}'")
     try:
         if not isinstance(image, Image.Image):  # an array: numpy, or nested lists (which arrive as int64)
             pixels = np.asarray(image)

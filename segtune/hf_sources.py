@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import re
-import warnings
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from .data import RowSample, SegmentationData, check_sizes, decode_row
+from .data import (BOMB_ERRORS, RowSample, SegmentationData, bombs_refused, check_sizes, decode_row,
+                   too_large)
 from .errors import SegtuneError
 from .labels import LabelSet
 from .sources import labels_beside, split_samples
@@ -228,15 +227,12 @@ class StreamDataset(torch.utils.data.IterableDataset):
             name = f"{self.source.source}[{self.split}] row {index}"
             try:
                 try:
-                    with warnings.catch_warnings():  # as data.open_image: refuse a bomb before decoding it
-                        warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with bombs_refused():
                         row = next(rows)  # `datasets` decodes the images here
                 except StopIteration:
                     return
-                except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-                    raise SegtuneError(f"{name}: an image is too large to decode safely (over "
-                                       f"{Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels: Pillow's "
-                                       "decompression-bomb limit)") from None
+                except BOMB_ERRORS:
+                    raise too_large(name, "an image") from None
                 except Exception as e:  # a broken file inside the stream: name its row
                     raise SegtuneError(f"{name}: cannot decode ({type(e).__name__}: {e})") from None
                 image, mask = decode_row(row, self.source.image_column, self.source.label_column, name, self.rules)

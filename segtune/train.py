@@ -25,7 +25,7 @@ from .transforms import AugmentConfig, ProcessorTransform, train_transform
 
 log = logging.getLogger("segtune")
 
-# The seeds' TrainingArguments, plus best-model tracking on mean IoU.
+
 def default_workers() -> int:
     """DataLoader worker processes: half the cores (at most 4) feeding a GPU; none on a CPU, where
     the model's threads already use every core and a worker only competes with them (measured:
@@ -36,6 +36,7 @@ def default_workers() -> int:
     return 0
 
 
+# The seeds' TrainingArguments, plus best-model tracking on mean IoU.
 TRAINING_DEFAULTS = dict(
     learning_rate=6e-5,
     per_device_train_batch_size=2,

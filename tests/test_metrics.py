@@ -1,38 +1,12 @@
-"""The streaming confusion matrix against `evaluate`'s mean_iou algorithm and hand-computed values."""
+"""The streaming confusion matrix against `evaluate`'s mean_iou algorithm (benchmarks/seed.py) and
+hand-computed values."""
 
 import numpy as np
 import pytest
 import torch
 
+from benchmarks.seed import seed_mean_iou as reference_mean_iou  # evaluate's algorithm, re-implemented
 from segtune.metrics import ConfusionMatrix, metrics_to_json
-
-
-def reference_mean_iou(preds, labels, num_labels, ignore_index):
-    """`evaluate`'s mean_iou (metrics/mean_iou/mean_iou.py), re-implemented: per-image histograms."""
-    total_i = np.zeros(num_labels)
-    total_u = np.zeros(num_labels)
-    total_p = np.zeros(num_labels)
-    total_l = np.zeros(num_labels)
-    for pred, label in zip(preds, labels):
-        mask = np.not_equal(label, ignore_index)
-        pred, label = pred[mask], label[mask]
-        intersect = pred[pred == label]
-        area_i = np.histogram(intersect, bins=num_labels, range=(0, num_labels - 1))[0]
-        area_p = np.histogram(pred, bins=num_labels, range=(0, num_labels - 1))[0]
-        area_l = np.histogram(label, bins=num_labels, range=(0, num_labels - 1))[0]
-        total_i += area_i
-        total_u += area_p + area_l - area_i
-        total_p += area_p
-        total_l += area_l
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou, acc = total_i / total_u, total_i / total_l
-        return {
-            "mean_iou": np.nanmean(iou),
-            "mean_accuracy": np.nanmean(acc),
-            "overall_accuracy": total_i.sum() / total_l.sum(),
-            "per_category_iou": iou,
-            "per_category_accuracy": acc,
-        }
 
 
 def test_hand_computed_example_with_nan_rules():
