@@ -3,7 +3,7 @@ row per comparison of segtune against the seed-style way, read from the results 
 
     python -m benchmarks [--only train_speed,flops] [--quick] [--summary-only]
 
-The default sizes keep the whole run to about 13 minutes on a quiet 2-core CPU (see
+The default sizes keep the whole run to about 14 minutes on a quiet 2-core CPU (see
 benchmarks/README.md). `--quick` is a smoke run of every module at tiny sizes (about 4 minutes
 here); its results go to benchmarks/results/quick/, leaving the real ones alone.
 """
@@ -20,12 +20,13 @@ from pathlib import Path
 
 from benchmarks.common import REPO, RESULTS_DIR, describe, markdown_table
 
-ORDER = ["data_path", "train_speed", "eval_speed", "metric_speed", "predict_speed", "flops"]
+ORDER = ["data_path", "train_speed", "eval_speed", "post_logits", "metric_speed", "predict_speed", "flops"]
 PREDICT_METHODS = ["--methods", "seed", "pipeline", "segtune-cli", "segtune-cli-fold"]
-FULL = {  # about 1 + 2 + 2 + 0.2 + 8.5 + 0.5 minutes on a quiet 2-core CPU
-    "data_path": ["--repeats", "3"],
+FULL = {  # about 0.7 + 2.5 + 2.5 + 0.4 + 0.2 + 8 + 0.5 minutes on a quiet 2-core CPU
+    "data_path": ["--repeats", "2"],
     "train_speed": ["--steps", "15", "--warmup", "3", "--rounds", "2"],  # 30 timed steps a side, drift cancelled
     "eval_speed": [],
+    "post_logits": ["--repeats", "2"],
     "metric_speed": [],
     "predict_speed": ["--images", "200", "--rounds", "2", *PREDICT_METHODS],  # the issue's folder of 200 images
     "flops": [],
@@ -38,6 +39,7 @@ QUICK = {
     "data_path": ["--batches", "2", "--repeats", "1", "--workers", "0", "--model-steps", "0"],
     "train_speed": ["--steps", "2", "--warmup", "1"],
     "eval_speed": ["--quick"],
+    "post_logits": ["--images", "2", "--repeats", "1"],
     "metric_speed": ["--images", "4", "--repeats", "2"],
     "predict_speed": ["--images", "4", "--methods", "seed", "segtune-cli"],
     "flops": ["--steps", "2", "--warmup", "1", "--matmul-size", "1024"],
@@ -110,7 +112,7 @@ def _predict_speed(r: dict) -> list[dict]:
 
 
 READERS = {"data_path": _data_path, "eval_speed": _eval_speed, "metric_speed": _metric_speed,
-           "predict_speed": _predict_speed}  # train_speed and flops write their own "summary" rows
+           "predict_speed": _predict_speed}  # train_speed, post_logits and flops write their own "summary" rows
 
 
 def summary_rows(name: str, result: dict | None, failed: bool = False) -> list[dict]:

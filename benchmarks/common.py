@@ -264,6 +264,16 @@ def save_result(name: str, result: dict, write: bool = True) -> None:
     print(f"\nwrote {shown} ({result.get('wall_s')} s)", file=sys.stderr)
 
 
+def print_report(lines: list[str], others_share: float | None) -> str:
+    """Joins a benchmark's report lines (with how much CPU other processes took, when known),
+    prints them and returns the text for the JSON's `table_md`."""
+    if others_share is not None:
+        lines = [*lines, f"Other processes used {100 * others_share:.0f}% of the CPUs during the runs."]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
 def _cell(value) -> str:
     if value is None:
         return ""

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, OtherLoad, command, describe, machine, markdown_table, save_result
+from benchmarks.common import (REPO, OtherLoad, command, describe, machine, markdown_table, print_report,
+                               save_result)
 
 CAMVID = REPO / "examples" / "camvid-mini.yaml"
 GEN_CLASSES = 12
@@ -301,10 +302,7 @@ def main(argv=None) -> int:
         if c["data"].startswith("camvid"):
             lines.append("  (expected: the seed's processor resizes the masks to its input size and scores there; "
                          "segtune scores at the original annotation size)")
-    if whole.share is not None:
-        lines.append(f"Other processes used {100 * whole.share:.0f}% of the CPUs during the run.")
-    text = "\n".join(lines)
-    print(text)
+    text = print_report(lines, whole.share)
     result = {
         "command": command(),
         "machine": info,

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import (OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet, spread,
-                               save_result)
+from benchmarks.common import (OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, print_report, quiet,
+                               save_result, spread)
 from benchmarks.seed import seed_mean_iou
 from segtune.metrics import ConfusionMatrix
 
@@ -128,10 +128,7 @@ def main(argv=None) -> int:
              f"results identical to 1e-9: {identical} (largest difference {worst:.1e}; NaN classes: "
              f"{diffs['per_category_iou']['nans']} IoU, {diffs['per_category_accuracy']['nans']} accuracy, "
              f"positions {'match' if all(d['nan_positions_match'] for d in diffs.values()) else 'DIFFER'})"]
-    if whole.share is not None:
-        lines.append(f"Other processes used {100 * whole.share:.0f}% of the CPUs during the runs.")
-    text = "\n".join(lines)
-    print(text)
+    text = print_report(lines, whole.share)
     result = {
         "command": command(),
         "machine": machine(),

@@ -89,3 +89,19 @@ def test_compute_metrics_on_tiny_logits():
     assert metrics["mean_iou"] == pytest.approx(1.0)
     assert metrics["iou_a"] == metrics["accuracy_b"] == pytest.approx(1.0)
     assert metrics["overall_accuracy"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["trained", "random"])
+def test_post_logits_sides_score_alike(kind):
+    # benchmarks/post_logits.py times the seed's compute_metrics against segtune's path after
+    # the logits (with class pruning on the trained-like logits): both must give the same IoUs.
+    from benchmarks.post_logits import make_logits, same, seed_side, segtune_side
+    from segtune.evaluate import candidate_classes
+
+    logits, labels = make_logits(kind, 3, 150, (128, 160), seed=1)
+    kept = [candidate_classes(x) for x in logits]
+    upsampled = [150 if k is None else len(k) for k in kept]
+    assert max(upsampled) < 20 if kind == "trained" else min(upsampled) > 140  # random: nearly every class wins
+    seed, segtune = seed_side(logits, labels, 150), segtune_side(logits, labels, 150)
+    assert 0.5 < seed["mean_iou"] <= 1 if kind == "trained" else seed["mean_iou"] < 0.5
+    assert same(seed, segtune)

@@ -134,3 +134,67 @@ def test_batched_upsampling_equals_one_image_at_a_time():
         assert torch.equal(one, upsampled_argmax(item_logits, (61, 83)))
         assert torch.equal(one, torch.nn.functional.interpolate(
             item_logits[None], size=(61, 83), mode="bilinear", align_corners=False)[0].argmax(0))
+
+
+def _trained_like_logits(classes, h, w, seed, present=5, rounded=False):
+    """Logits like a fine-tuned model's: a few classes in 4x4 regions, high where they hold."""
+    g = torch.Generator().manual_seed(seed)
+    kinds = torch.randperm(classes, generator=g)[:present]
+    regions = kinds[torch.randint(0, present, (h // 4 + 1, w // 4 + 1), generator=g)]
+    regions = regions.repeat_interleave(4, 0).repeat_interleave(4, 1)[:h, :w]
+    logits = torch.randn(classes, h, w, generator=g) / 2 - 6
+    logits.scatter_add_(0, regions[None], torch.full((1, h, w), 12.0))
+    return logits.round() if rounded else logits  # rounded: many exact ties
+
+
+@pytest.mark.parametrize("classes,h,w,size,rounded", [
+    (150, 32, 43, (128, 171), False),
+    (150, 40, 40, (300, 200), True),
+    (30, 17, 9, (130, 131), False),
+    (64, 200, 180, (130, 140), True),  # downsampling
+])
+def test_pruned_upsampling_gives_the_ids_of_the_full_one(classes, h, w, size, rounded):
+    from segtune.evaluate import candidate_classes, upsampled_argmax
+
+    batch = torch.stack([_trained_like_logits(classes, h, w, seed, rounded=rounded) for seed in range(3)])
+    kept = [candidate_classes(item) for item in batch]
+    assert all(k is not None and len(k) <= 12 for k in kept)  # the pruning did happen
+    full = torch.nn.functional.interpolate(batch, size=size, mode="bilinear", align_corners=False).argmax(1)
+    assert torch.equal(upsampled_argmax(batch, size), full)
+    assert torch.equal(upsampled_argmax(batch[1], size), full[1])
+
+
+def test_candidates_keep_a_class_that_wins_only_between_pixels():
+    from segtune.evaluate import candidate_classes
+
+    logits = torch.full((4, 2, 2), -5.0)
+    logits[0, :, 0], logits[1, :, 1] = 10.0, 10.0  # class 0 leads on the left, 1 on the right
+    logits[2] = 6.0  # never leads at a pixel, but halfway (5 and 5) it does
+    assert candidate_classes(logits).tolist() == [0, 1, 2]
+    up = torch.nn.functional.interpolate(logits[None], size=(2, 3), mode="bilinear", align_corners=False)[0]
+    assert 2 in up.argmax(0)
+
+
+def test_candidates_none_for_non_finite_or_few_classes():
+    from segtune.evaluate import candidate_classes
+
+    logits = _trained_like_logits(40, 8, 8, 0)
+    assert candidate_classes(logits) is not None
+    logits[3, 2, 2] = float("nan")
+    assert candidate_classes(logits) is None
+    assert candidate_classes(_trained_like_logits(40, 8, 8, 0)[:2]) is None
+
+
+@pytest.mark.parametrize("planes", [1, 2, 5, 33])
+def test_torch_upsamples_each_plane_alike_from_the_pruning_size(planes):
+    # upsampled_argmax relies on this from PRUNE_MIN_PIXELS on: a plane's values do not depend
+    # on the other planes upsampled with it.
+    from segtune.evaluate import PRUNE_MIN_PIXELS
+
+    logits = torch.randn(60, 37, 29, generator=torch.Generator().manual_seed(planes))
+    for size in [(128, 128), (131, 300), (512, 683)]:
+        assert size[0] * size[1] >= PRUNE_MIN_PIXELS
+        full = torch.nn.functional.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+        some = torch.arange(0, 60, 60 // planes)[:planes]
+        alone = torch.nn.functional.interpolate(logits[some][None], size=size, mode="bilinear", align_corners=False)
+        assert torch.equal(alone[0], full[some])
