@@ -183,7 +183,8 @@ def _git() -> dict:
 
     try:
         commit = run("rev-parse", "HEAD")
-        changed = run("status", "--porcelain", "--untracked-files=no")
+        # dirty: the code differs from the commit; results/ is left out, as a run writes it
+        changed = run("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": bool(changed) if changed is not None else None}
