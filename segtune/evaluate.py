@@ -63,11 +63,13 @@ def candidate_classes(logits: torch.Tensor) -> torch.Tensor | None:
     """(C, h, w) logits -> the sorted class ids that can be the argmax anywhere after bilinear
     upsampling to any size; None when every class can (or the logits are not finite).
 
-    Every upsampled value mixes the four logits of one 2x2 cell with weights >= 0 summing to 1,
-    so it lies between the cell's smallest and largest logit of its class. A class none of whose
-    logits reaches what the best class is sure to reach in a cell around it (less a margin far
-    above float rounding) never wins and need not be upsampled. A fine-tuned model's image has
-    few candidates: of 150 classes, a handful."""
+    Every upsampled value mixes the four logits of one 2x2 cell with weights >= 0 summing to 1.
+    So a class loses at every pixel of a cell when its largest corner is below what the best
+    class is sure to reach there (a quick test over all classes), or when one rival beats it at
+    all four corners (a finer one for the classes left: the difference of two classes is
+    bilinear in the cell, so largest at a corner), each by a margin far above float rounding.
+    A class that loses in every cell never wins and need not be upsampled. A fine-tuned model's
+    image has few candidates: of 150 classes, a handful."""
     classes, h, w = logits.shape
     if classes < 3 or h < 2 or w < 2:
         return None
@@ -89,14 +91,33 @@ def candidate_classes(logits: torch.Tensor) -> torch.Tensor | None:
     single = torch.minimum(low_x[:, :-1], low_x[:, 1:]).amax(0)
     winners = torch.stack([best[ys, xs] for ys, xs in corners])  # (4, cells): each corner's leader
     share = 1 / (winners[:, None] == winners[None]).sum(1)  # 1 / how many corners that leader holds
-    mixed = torch.stack([(logits[:, ys, xs].gather(0, winners) * share).sum(0) for ys, xs in corners])
-    sure = torch.maximum(single, mixed.amin(0) / share.sum(0))
+    at_corner = [logits[:, ys, xs].gather(0, winners) for ys, xs in corners]  # the leaders' logits there
+    mean = torch.stack([(x * share).sum(0) for x in at_corner]) / share.sum(0)  # (4 corners, cells)
+    sure = torch.maximum(single, mean.amin(0))
     # per pixel, the least that is sure in the (up to four) cells it is a corner of
     padded = F.pad(sure[None], (1, 1, 1, 1), value=float("inf"))[0]
     floor = torch.stack([padded[dy:h + dy, dx:w + dx] for dy in (0, 1) for dx in (0, 1)]).amin(0)
     maybe = (plane_max >= float(floor.min()) - margin).nonzero().flatten()
-    can_win = maybe[((logits if len(maybe) == classes else logits[maybe]) - floor).amax((1, 2)) >= -margin]
-    return None if len(can_win) == classes else can_win
+    maybe = maybe[((logits if len(maybe) == classes else logits[maybe]) - floor).amax((1, 2)) >= -margin]
+    left = logits if len(maybe) == classes else logits[maybe]
+    # Finer, for the classes left: a difference of two upsampled classes is bilinear in a cell,
+    # so it is largest at a corner, and a class beaten at all four corners of a cell by the
+    # corner leaders' mean, or by one corner leader, loses at every pixel of the cell. The mean
+    # goes first; the four leaders (four times the work) only where the mean left at most half.
+    def beaten_by(rivals, planes):  # rivals: per corner (R, cells) -> (classes, cells) beaten by one
+        beaten = None
+        for (ys, xs), rival in zip(corners, rivals):
+            here = rival[:, None] - margin > planes[None, :, ys, xs]
+            beaten = here if beaten is None else beaten.logical_and_(here)
+        return beaten.any(0)
+
+    beaten = beaten_by([m[None] for m in mean], left)
+    survive = ~beaten.flatten(1).all(1)
+    maybe, left, beaten = maybe[survive], left[survive], beaten[survive]
+    if 0 < len(maybe) and 2 * len(maybe) <= len(survive):
+        beaten |= beaten_by(at_corner, left)
+        maybe = maybe[~beaten.flatten(1).all(1)]
+    return None if len(maybe) == classes else maybe
 
 
 # Below this many classes, finding the candidates costs about what leaving some out saves (11

@@ -198,3 +198,18 @@ def test_torch_upsamples_each_plane_alike_from_the_pruning_size(planes):
         some = torch.arange(0, 60, 60 // planes)[:planes]
         alone = torch.nn.functional.interpolate(logits[some][None], size=size, mode="bilinear", align_corners=False)
         assert torch.equal(alone[0], full[some])
+
+
+def test_candidates_by_corner_rivals():
+    # One 2x2 cell, corners (top-left, top-right, bottom-left, bottom-right). Class 0 leads at the
+    # top, class 1 at the bottom; their mean is (0, 0, 6, 6). Classes 3.. reach 5 (above what the
+    # quick test can rule out) but the mean beats them at every corner; class 2 beats the mean at
+    # the top but class 0 beats it at every corner. None of them can win anywhere.
+    from segtune.evaluate import candidate_classes
+
+    corners = torch.tensor([[8, 8, 0, 0], [-8, -8, 12, 12], [7, 7, -1, -1]] + [[-1, -1, 5, 5]] * 27, dtype=torch.float)
+    logits = corners.view(30, 2, 2)
+    assert candidate_classes(logits).tolist() == [0, 1]
+    for size in [(2, 2), (3, 5), (64, 48)]:
+        up = torch.nn.functional.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+        assert set(up.argmax(0).unique().tolist()) <= {0, 1}
