@@ -46,6 +46,23 @@ def time_repeats(fn, repeats: int = 5, warmup: int = 1) -> list[float]:
     return times
 
 
+def alternate(sides: dict, repeats: int, warmup: int = 0) -> tuple[dict, dict]:
+    """Calls each side's function `warmup` + `repeats` times, the order of the sides reversed every
+    other round so drift of the machine's speed hits them alike. Returns {side: [(seconds, share
+    of the CPUs other processes took meanwhile), ...]} for the timed rounds, and {side: its last
+    result}."""
+    runs, results = {name: [] for name in sides}, {}
+    for r in range(warmup + repeats):
+        for name in sides if r % 2 == 0 else reversed(list(sides)):
+            with OtherLoad() as others:
+                start = time.perf_counter()
+                results[name] = sides[name]()
+                seconds = time.perf_counter() - start
+            if r >= warmup:
+                runs[name].append((seconds, others.share))
+    return runs, results
+
+
 # ---------------------------------------------------------------- memory
 
 

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import (OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, print_report, quiet,
-                               save_result, spread)
+from benchmarks.common import (OtherLoad, alternate, command, describe, machine, markdown_table, peak_rss_mb,
+                               print_report, quiet, save_result, spread)
 from benchmarks.seed import seed_mean_iou
 from segtune.metrics import ConfusionMatrix
 
@@ -93,16 +93,8 @@ def main(argv=None) -> int:
         "seed (numpy histogram loop)": lambda: seed_mean_iou(preds, labels, args.classes, IGNORE),
         "segtune (ConfusionMatrix)": lambda: segtune_mean_iou(preds, labels, args.classes),
     }
-    runs = {name: [] for name in sides}  # (seconds, others' share)
     whole = OtherLoad().__enter__()
-    for r in range(args.warmup + args.repeats):
-        for name, fn in sides.items() if r % 2 == 0 else reversed(sides.items()):  # alternate against drift
-            with OtherLoad() as others:
-                start = time.perf_counter()
-                fn()
-                seconds = time.perf_counter() - start
-            if r >= args.warmup:
-                runs[name].append((seconds, others.share))
+    runs, _ = alternate(sides, args.repeats, args.warmup)  # {side: [(seconds, others' share)]}
     whole.__exit__(None, None, None)
 
     rows, medians = [], {}

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (OtherLoad, command, describe, machine, markdown_table, print_report, quiet, save_result,
-                               spread)
+from benchmarks.common import (OtherLoad, alternate, command, describe, machine, markdown_table, print_report, quiet,
+                               save_result, spread)
 from benchmarks.seed import seed_compute_metrics
-from segtune.evaluate import PRUNE_MIN_CLASSES, PRUNE_MIN_PIXELS, candidate_classes, upsampled_argmax
+from segtune.evaluate import PRUNE_MIN_CLASSES, candidate_classes, prunes_classes, upsampled_argmax
 from segtune.metrics import ConfusionMatrix
 
 IGNORE = 255
@@ -100,17 +100,11 @@ def main(argv=None) -> int:
     for name, classes, size in CONFIGS:
         for kind in ("trained", "random"):
             logits, labels = make_logits(kind, args.images, classes, size, args.seed)
-            prunes = classes >= PRUNE_MIN_CLASSES and size[0] * size[1] >= PRUNE_MIN_PIXELS
+            prunes = prunes_classes(logits[0][None], size)
             kept = [len(c) if prunes and (c := candidate_classes(x)) is not None else classes for x in logits]
             sides = {"seed": lambda: seed_side(logits, labels, classes),
                      "segtune": lambda: segtune_side(logits, labels, classes)}
-            runs, scores = {s: [] for s in sides}, {}
-            for r in range(args.repeats):
-                for side in sides if r % 2 == 0 else reversed(list(sides)):  # alternate against drift
-                    with OtherLoad() as others:
-                        start = time.perf_counter()
-                        scores[side] = sides[side]()
-                        runs[side].append((time.perf_counter() - start, others.share))
+            runs, scores = alternate(sides, args.repeats)
             identical = same(scores["seed"], scores["segtune"])
             med = {}
             for side, timed in runs.items():
@@ -147,7 +141,7 @@ def main(argv=None) -> int:
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k != "no_write"}
         | {"batch_size": BATCH, "configs": [{"name": n, "classes": c, "label_hw": s} for n, c, s in CONFIGS]},
-        "rows": [{k: v for k, v in r.items()} for r in rows],
+        "rows": rows,
         "summary": summary,
         "others_cpu_share": whole.share,
         "wall_s": round(time.perf_counter() - began, 1),

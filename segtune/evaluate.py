@@ -130,15 +130,18 @@ PRUNE_MIN_CLASSES = 24
 PRUNE_MIN_PIXELS = 128 * 128
 
 
+def prunes_classes(batch: torch.Tensor, size) -> bool:
+    """Whether upsampled_argmax looks for candidate classes in (B, C, h, w) logits bound for `size`."""
+    return batch.device.type == "cpu" and batch.shape[1] >= PRUNE_MIN_CLASSES and size[0] * size[1] >= PRUNE_MIN_PIXELS
+
+
 def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """([B,] C, h, w) logits -> ([B,] H, W) class ids, as `post_process_semantic_segmentation` does.
 
     On CPU, with many classes, only those that can win somewhere (candidate_classes) are
     upsampled: the same ids, without upsampling a hundred planes that lose everywhere."""
     batch = (logits if logits.dim() == 4 else logits[None]).float()
-    prune = (batch.device.type == "cpu" and batch.shape[1] >= PRUNE_MIN_CLASSES
-             and size[0] * size[1] >= PRUNE_MIN_PIXELS)
-    pruned = [candidate_classes(item) for item in batch] if prune else [None] * len(batch)
+    pruned = [candidate_classes(item) for item in batch] if prunes_classes(batch, size) else [None] * len(batch)
     if all(c is None for c in pruned):
         classes = class_argmax(F.interpolate(batch, size=size, mode="bilinear", align_corners=False))
     else:
