@@ -37,13 +37,14 @@ RIGHT = {c: "right" for c in ("images/s (min / median / max)", "first batch s (m
 def segtune_dataset(data_path, crop_size: int):
     """segtune's training dataset, built as `segtune train` builds it (mit-b0, no Hub)."""
     from segtune.checks import checked_labels
+    from segtune.data import StreamedData
     from segtune.model import training_processor
     from segtune.sources import load_data
     from segtune.train import TrainDataset
     from segtune.transforms import AugmentConfig, train_transform
 
     data = load_data(data_path)
-    if data.streaming is not None:
+    if isinstance(data, StreamedData):
         raise SystemExit(f"{data_path}: streamed datasets are not benchmarked here")
     labels = checked_labels(data, data.labels, splits=("train", "val"))  # as train does; gives the classes
     cfg = AugmentConfig(crop_size=crop_size)
@@ -167,7 +168,7 @@ def stage_breakdown(dataset, n: int, passes: int, seed: int, max_others: float) 
     results = []
     try:
         for p in range(passes):
-            random.seed(seed + p)
+            rng = random.Random(seed + p)  # as TrainDataset: each draw from the generator handed over
             totals = dict.fromkeys(names, 0.0)
             items = []
             with OtherLoad() as others:
@@ -177,7 +178,7 @@ def stage_breakdown(dataset, n: int, passes: int, seed: int, max_others: float) 
                     totals[names[0]] += clock() - t0
                     for step in steps:
                         t0 = clock()
-                        image, mask = step(image, mask)
+                        image, mask = step(image, mask, rng)
                         totals[type(step).__name__] += clock() - t0
                     items.append({"pixel_values": image, "labels": mask})
                     if len(items) == BATCH_SIZE:

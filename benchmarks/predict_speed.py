@@ -109,7 +109,7 @@ def run_child(method: str, model: str, images: list[str], out: str, device: str)
                 label_map[np.array(segment["mask"]) == 255] = label2id[segment["label"]]
             maps.append(label_map)
     elif method == "segtune-api":
-        from segtune.predict import Segmenter
+        from segtune.inference import Segmenter
 
         segmenter = Segmenter.from_pretrained(model, device=device)
         ready = time.perf_counter()

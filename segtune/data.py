@@ -1,8 +1,11 @@
 """Reading one image/mask pair the same way everywhere: files on disk or rows of a `datasets` table.
 
 A mask goes through `MaskRules` once, in this order: colour-coded RGB -> class ids (when the
-classes' colours are known), `label_map`, ADE20K reduction, and the ignore index. Finding the
-pairs is `sources.py`'s job; checking them all is `checks.py`'s.
+classes' colours are known), `binary` (0/255 -> 0/1), `label_map`, ADE20K reduction, and the
+ignore index. Finding the pairs is the `sources` package's job; checking them all is `checks.py`'s.
+
+A dataset is either `SegmentationData` (every pair listed ahead, so it can be checked, split and
+indexed) or `StreamedData` (rows read as they come); both carry the classes and the mask rules.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import SegtuneError
+from .label_checks import read_binary
 from .labels import LabelSet
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -97,12 +101,13 @@ class MaskRules:
     ignore_index: int = 255
     label_map: dict | None = None  # stored value -> new value, applied before reduction
     colors: np.ndarray | None = field(default=None, compare=False)  # (N, 3) class colours for RGB masks
+    binary: bool = False  # 0/255 masks: values >= 128 -> 1 (foreground), else 0; before label_map
 
     def apply(self, mask: np.ndarray, name) -> np.ndarray:
         """(H, W) or (H, W, 3+) stored values -> (H, W) int64 class ids."""
         if mask.ndim == 3:
             mask = self._from_rgb(mask[..., :3], name)
-        mask = mask.astype(np.int64)
+        mask = read_binary(mask) if self.binary else mask.astype(np.int64)
         if self.label_map:
             mapped = mask.copy()
             for old, new in self.label_map.items():
@@ -280,23 +285,17 @@ def check_sizes(sample, image: Image.Image, mask: np.ndarray) -> None:
 # ---------------------------------------------------------------- datasets
 
 
-@dataclass
-class SegmentationData:
-    """Pairs per split plus the rules for reading masks (ids as the model sees them)."""
+@dataclass(kw_only=True)
+class DataRules:
+    """The classes and the rules for reading masks (ids as the model sees them), which data files,
+    id2label.json files and the command line set on either kind of dataset."""
 
-    source: Path | str
-    train: list
-    val: list
     labels: LabelSet | None = None  # from the data file or an id2label.json beside the data
     ignore_index: int = 255
     reduce_labels: bool = False
     label_map: dict | None = None
     mask_colors: np.ndarray | None = None  # class colours for colour-coded masks
-    problems: list = field(default_factory=list)  # (sample or path, message) found while pairing
-    mask_max: dict = field(default_factory=dict)  # filled by checks: largest class id per split
-    val_is_split: bool = False  # True when val was drawn from the training pairs by val_split/seed
-    unsplit: tuple | None = None  # (every pair, val_split, seed) when val_is_split: to split again
-    streaming: object = None  # a StreamingSource when the data is read as a stream
+    binary: bool = False  # 0/255 masks read as background 0 / foreground 1 (label_checks.read_binary)
 
     def read_colours_of(self, labels: LabelSet | None) -> None:
         """Colour-coded masks are read through the classes' colours, when the user chose them."""
@@ -305,7 +304,31 @@ class SegmentationData:
 
     @property
     def rules(self) -> MaskRules:
-        return MaskRules(self.reduce_labels, self.ignore_index, self.label_map, self.mask_colors)
+        return MaskRules(self.reduce_labels, self.ignore_index, self.label_map, self.mask_colors, self.binary)
+
+
+@dataclass
+class SegmentationData(DataRules):
+    """Pairs per split, all known ahead, plus the rules for reading masks."""
+
+    source: Path | str
+    train: list
+    val: list
+    problems: list = field(default_factory=list)  # (sample or path, message) found while pairing
+    mask_max: dict = field(default_factory=dict)  # filled by checks: largest class id per split
+    findings: list = field(default_factory=list)  # filled by checks: label_checks.Finding, label-space checks
+    val_is_split: bool = False  # True when val was drawn from the training pairs by val_split/seed
+    unsplit: tuple | None = None  # (every pair, val_split, seed) when val_is_split: to split again
+
+
+@dataclass
+class StreamedData(DataRules):
+    """A dataset read as a stream, for data larger than memory or disk: its rows are met as training
+    reaches them, so there are no pairs to list, check, split or index ahead, and its classes must
+    be known beforehand."""
+
+    source: Path | str
+    stream: object  # sources.stream.StreamingSource: the training (or None) and validation streams
 
 
 class PairDataset:

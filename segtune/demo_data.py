@@ -22,6 +22,21 @@ from PIL import Image, ImageDraw, ImageFilter
 
 # Reduced ids 0..K-1 (annotation PNGs store id + 1; 0 there means "other").
 DEMO_CLASSES: list[str] = ["sky", "water", "ground", "grass", "tree", "ball", "box", "rock"]
+# How the classes are drawn (masks, overlays, legends, the report), written into id2label.json:
+# colours a reader expects of sky, water, grass..., rather than the generated palette, which
+# starts at pure red, the error map's colour for a wrong pixel (visualize.ERROR_COLOR). None is
+# near that red, black (ignored pixels: "other" is ignored once labels are reduced) or the error
+# map's grey for unscored pixels. Display only: the masks are index PNGs, so training never sees them.
+DEMO_COLORS: dict[str, tuple[int, int, int]] = {
+    "sky": (135, 206, 235),  # light blue
+    "water": (30, 90, 160),  # a deeper blue
+    "ground": (150, 105, 60),  # brown
+    "grass": (110, 190, 70),  # green
+    "tree": (30, 100, 40),  # dark green
+    "ball": (255, 140, 0),  # orange
+    "box": (250, 225, 50),  # yellow
+    "rock": (175, 170, 160),  # light grey, lighter than the unscored grey
+}
 DEMO_IMAGE_SIZE: int = 128
 
 # Found by a sweep: a randomly initialised mit-b0 reaches val mIoU 0.92-0.93 with these
@@ -215,6 +230,6 @@ def generate_demo_dataset(root, *, seed: int = 0, num_train: int = 400, num_val:
             stem = f"demo_{split}_{i:05d}"
             Image.fromarray(rgb).save(root / "images" / split / f"{stem}.jpg", quality=90)
             Image.fromarray(label).save(root / "annotations" / split / f"{stem}.png")
-    id2label = {str(i): name for i, name in enumerate(DEMO_CLASSES)}
+    id2label = {str(i): {"name": name, "color": list(DEMO_COLORS[name])} for i, name in enumerate(DEMO_CLASSES)}
     (root / "id2label.json").write_text(json.dumps(id2label, indent=2) + "\n")
     return root

@@ -1,22 +1,22 @@
 """Scoring a model (or saved predictions) at each annotation's original resolution.
 
 Logits are upsampled bilinearly (align_corners=False) to the mask size and reduced to an
-argmax at once, so memory holds one batch and a confusion matrix, never all the logits.
+argmax at once (segtune/postprocess.py), so memory holds one batch and a confusion matrix,
+never all the logits.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .data import MaskRules, PairDataset, read_mask
 from .errors import SegtuneError
 from .metrics import ConfusionMatrix
+from .postprocess import upsampled_argmax
 
 
 class EvalDataset(PairDataset, Dataset):
@@ -37,125 +37,6 @@ def _same_shape_runs(items):
         run.append(item)
     if run:
         yield run
-
-
-def class_argmax(scores: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-    """([B,] C, H, W) scores -> ([B,] H, W) int64 index of the largest class, the first on ties,
-    as `argmax` over the class dimension; `ids[index]` when the planes are those classes.
-
-    On CPU, torch's argmax over a leading dimension is slow (14 ms for 11 x 360 x 480 here); a
-    running maximum over the class planes gives the same indices 2 to 7 times faster
-    (benchmarks/README.md). NaN scores (a broken model) are not treated as largest."""
-    if scores.device.type != "cpu":
-        return scores.argmax(-3) if ids is None else ids.to(scores.device)[scores.argmax(-3)]
-    ids = range(scores.shape[-3]) if ids is None else ids.tolist()
-    best = scores.select(-3, 0).clone()
-    index = torch.full(best.shape, ids[0], dtype=torch.int64)
-    for c in range(1, scores.shape[-3]):
-        plane = scores.select(-3, c)
-        better = plane > best  # strictly: an equal later class does not win, as in argmax
-        torch.maximum(best, plane, out=best)
-        index.masked_fill_(better, ids[c])
-    return index
-
-
-def candidate_classes(logits: torch.Tensor) -> torch.Tensor | None:
-    """(C, h, w) logits -> the sorted class ids that can be the argmax anywhere after bilinear
-    upsampling to any size; None when every class can (or the logits are not finite).
-
-    Every upsampled value mixes the four logits of one 2x2 cell with weights >= 0 summing to 1.
-    So a class loses at every pixel of a cell when its largest corner is below what the best
-    class is sure to reach there (a quick test over all classes), or when one rival beats it at
-    all four corners (a finer one for the classes left: the difference of two classes is
-    bilinear in the cell, so largest at a corner), each by a margin far above float rounding.
-    A class that loses in every cell never wins and need not be upsampled. A fine-tuned model's
-    image has few candidates: of 150 classes, a handful."""
-    classes, h, w = logits.shape
-    if classes < 3 or h < 2 or w < 2:
-        return None
-    smallest, largest = (float(v) for v in torch.aminmax(logits))
-    if not (math.isfinite(smallest) and math.isfinite(largest)):  # NaN or inf: no bound holds
-        return None
-    margin = 1e-4 * max(-smallest, largest) + 1e-30  # float32 rounding of a 4-term mix is ~1e-6 relative
-    plane_max = logits.amax((1, 2))
-    # Only classes whose plane reaches the smallest per-pixel maximum can lead at a pixel.
-    leaders = (plane_max >= logits.amax(0).min()).nonzero().flatten()
-    lead = logits if len(leaders) == classes else logits[leaders]
-    best = class_argmax(lead, leaders)  # (h, w): a leading class per pixel
-    corners = [(slice(dy, h - 1 + dy), slice(dx, w - 1 + dx)) for dy in (0, 1) for dx in (0, 1)]
-    # What the best class is sure to reach in each cell: the better of two lower bounds, the
-    # largest smallest corner of a leading class, and (at edges between regions, where the
-    # leader changes) the smallest corner of the mean of the corner leaders' planes (each
-    # distinct leader once), as the best class is at least as good as any mean of classes.
-    low_x = torch.minimum(lead[..., :-1], lead[..., 1:])
-    single = torch.minimum(low_x[:, :-1], low_x[:, 1:]).amax(0)
-    winners = torch.stack([best[ys, xs] for ys, xs in corners])  # (4, cells): each corner's leader
-    share = 1 / (winners[:, None] == winners[None]).sum(1)  # 1 / how many corners that leader holds
-    at_corner = [logits[:, ys, xs].gather(0, winners) for ys, xs in corners]  # the leaders' logits there
-    mean = torch.stack([(x * share).sum(0) for x in at_corner]) / share.sum(0)  # (4 corners, cells)
-    sure = torch.maximum(single, mean.amin(0))
-    # per pixel, the least that is sure in the (up to four) cells it is a corner of
-    padded = F.pad(sure[None], (1, 1, 1, 1), value=float("inf"))[0]
-    floor = torch.stack([padded[dy:h + dy, dx:w + dx] for dy in (0, 1) for dx in (0, 1)]).amin(0)
-    maybe = (plane_max >= float(floor.min()) - margin).nonzero().flatten()
-    maybe = maybe[((logits if len(maybe) == classes else logits[maybe]) - floor).amax((1, 2)) >= -margin]
-    left = logits if len(maybe) == classes else logits[maybe]
-    # Finer, for the classes left: a difference of two upsampled classes is bilinear in a cell,
-    # so it is largest at a corner, and a class beaten at all four corners of a cell by the
-    # corner leaders' mean, or by one corner leader, loses at every pixel of the cell. The mean
-    # goes first; the four leaders (four times the work) only where the mean left at most half.
-    def beaten_by(rivals, planes):  # rivals: per corner (R, cells) -> (classes, cells) beaten by one
-        beaten = None
-        for (ys, xs), rival in zip(corners, rivals):
-            here = rival[:, None] - margin > planes[None, :, ys, xs]
-            beaten = here if beaten is None else beaten.logical_and_(here)
-        return beaten.any(0)
-
-    beaten = beaten_by([m[None] for m in mean], left)
-    survive = ~beaten.flatten(1).all(1)
-    maybe, left, beaten = maybe[survive], left[survive], beaten[survive]
-    if 0 < len(maybe) and 2 * len(maybe) <= len(survive):
-        beaten |= beaten_by(at_corner, left)
-        maybe = maybe[~beaten.flatten(1).all(1)]
-    return None if len(maybe) == classes else maybe
-
-
-# Below this many classes, finding the candidates costs about what leaving some out saves (11
-# classes at 480x360 on 2 CPU cores: 3.2 ms per image instead of 4.1 when 3 to 8 classes can
-# win, 4.2 instead of 3.2 when all can; at 24 classes already 2.4 instead of 11.9 ms).
-PRUNE_MIN_CLASSES = 24
-# On smaller outputs torch's CPU kernel may round a plane differently in the last bit depending
-# on how many planes it is given; from this size on it upsamples each plane alike (tested), so
-# leaving classes out cannot move any other class's value.
-PRUNE_MIN_PIXELS = 128 * 128
-
-
-def prunes_classes(batch: torch.Tensor, size) -> bool:
-    """Whether upsampled_argmax looks for candidate classes in (B, C, h, w) logits bound for `size`."""
-    return batch.device.type == "cpu" and batch.shape[1] >= PRUNE_MIN_CLASSES and size[0] * size[1] >= PRUNE_MIN_PIXELS
-
-
-def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """([B,] C, h, w) logits -> ([B,] H, W) class ids, as `post_process_semantic_segmentation` does.
-
-    On CPU, with many classes, only those that can win somewhere (candidate_classes) are
-    upsampled: the same ids, without upsampling a hundred planes that lose everywhere."""
-    batch = (logits if logits.dim() == 4 else logits[None]).float()
-    pruned = [candidate_classes(item) for item in batch] if prunes_classes(batch, size) else [None] * len(batch)
-    if all(c is None for c in pruned):
-        classes = class_argmax(F.interpolate(batch, size=size, mode="bilinear", align_corners=False))
-    else:
-        classes = torch.stack([_pruned_argmax(item, size, c) for item, c in zip(batch, pruned)])
-    return classes if logits.dim() == 4 else classes[0]
-
-
-def _pruned_argmax(logits: torch.Tensor, size, candidates: torch.Tensor | None) -> torch.Tensor:
-    if candidates is None:
-        candidates = torch.arange(len(logits))
-    if len(candidates) == 1:  # one class wins everywhere
-        return torch.full(tuple(size), int(candidates[0]), dtype=torch.int64)
-    scores = F.interpolate(logits[candidates][None], size=size, mode="bilinear", align_corners=False)
-    return class_argmax(scores[0], candidates)
 
 
 @torch.inference_mode()
@@ -248,3 +129,77 @@ def format_table(metrics: dict, class_names) -> str:
     lines.append(f"{'mean accuracy':<{width}}  {metrics['mean_accuracy']:7.4f}")
     lines.append(f"{'overall accuracy':<{width}}  {metrics['overall_accuracy']:7.4f}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- `segtune evaluate`
+
+
+def load_scored_data(opts, model: str | Path | None, labels=None):
+    """The data to score and its classes, checked: the pairs `opts.split` selects (sources.splits.select_split),
+    using the model folder's splits.json when it has one; says in one line what is scored, and warns
+    when any scored pair is one the run trained on. `opts`: EvaluateOptions or ReportOptions."""
+    import logging
+
+    from .checks import load_checked_data
+    from .sources.splits import read_splits, select_split
+
+    log = logging.getLogger("segtune")
+    run = read_splits(model)
+    chosen = {}
+
+    def choose(data):
+        chosen["selection"] = select_split(data, opts.split, run, val_split_given=opts.val_split is not None)
+        return chosen["selection"].samples
+
+    data, labels = load_checked_data(opts.data, opts, val_split=opts.val_split or 0.2, seed=opts.seed, labels=labels,
+                                     source_kwargs=opts.source_kwargs(), choose=choose, skip_bad=opts.skip_bad)
+    selection = chosen["selection"]
+    log.info("segtune: %s", selection.note)
+    if selection.warning:
+        log.warning("segtune: warning: %s", selection.warning)
+    return data, labels, selection
+
+
+def run_evaluation(opts) -> dict:
+    """`segtune evaluate`: `opts` a segtune.options.EvaluateOptions. Prints the table, writes metrics.json
+    (and report.html) to opts.output_dir; returns the metrics (JSON form)."""
+    import json
+
+    from .labels import load_labels
+    from .metrics import metrics_to_json
+    from .report import ImageScores, write_report_or_warn
+    from .transforms import ProcessorTransform
+
+    labels = load_labels(opts.labels) if opts.labels else None
+    segmenter = None
+    if opts.model:
+        from .inference import Segmenter
+
+        segmenter = Segmenter.from_pretrained(opts.model, trust_remote_code=opts.trust_remote_code)
+        labels = labels or segmenter.labels
+    data, labels, selection = load_scored_data(opts, opts.model, labels)
+    samples = data.val
+    # each image's score for the report's gallery, taken in the one scoring pass
+    scores = ImageScores(len(labels), data.ignore_index) if opts.report else None
+    if segmenter is not None:
+        dataset = EvalDataset(samples, ProcessorTransform(segmenter.processor), data.rules)
+        cm = evaluate_model(segmenter.model, dataset, len(labels), data.ignore_index, opts.batch_size,
+                            opts.num_workers, on_item=scores)
+    else:
+        cm = evaluate_predictions(samples, Path(opts.predictions), len(labels), data.rules, on_item=scores)
+    metrics = cm.compute()
+    print(format_table(metrics, labels.names))
+    out_dir = Path(opts.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = metrics_to_json(metrics, labels.names)
+    out.update(num_images=len(samples), data=str(opts.data), source=str(opts.model or opts.predictions),
+               split=selection.note, **({"split_warning": selection.warning} if selection.warning else {}),
+               data_findings=[finding.to_json() for finding in data.findings])
+    (out_dir / "metrics.json").write_text(json.dumps(out, indent=2))
+    print(f"metrics written to {out_dir / 'metrics.json'}")
+    if opts.report:
+        page = write_report_or_warn(out_dir, labels=labels, samples=samples, rules=data.rules, confusion=cm,
+                                    scores=scores)
+        if page is not None:
+            print(f"report written to {page}")
+    return out

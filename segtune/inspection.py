@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .checks import blocking_problems, scan
+from .data import StreamedData
 from .errors import SegtuneError
+from .label_checks import WARNING, binary_labels, label_findings, problem_lines
 from .labels import LabelSet, load_labels
 from .sources import load_data
 
@@ -100,30 +102,43 @@ def _print_summary(report: dict) -> None:
     print(f"\n  {'id':>4}  {'class':<{width}}  {'pixels':>8}  {'images':>6}")
     for c in report["classes"]:
         print(f"  {c['id']:>4}  {c['name']:<{width}}  {c['pixel_share']:>8.2%}  {c['images']:>6}")
+    findings = report.get("findings", [])
+    never_present = any(f["code"] == "classes_never_present" for f in findings)
     for note in report["warnings"]:
-        print(f"note: {note}")
+        if not (never_present and "never present" in note):  # the finding below says it, with the fix
+            print(f"note: {note}")
+    for f in findings:  # label checks (segtune/label_checks.py); problems among them are printed below
+        if f["message"] not in report["blocking_problems"]:
+            print(f"{f['severity']} [{f['code']}]: {f['message']}")
     for line in report["blocking_problems"]:
         print(f"problem: {line}")
+    if report.get("binary"):
+        print("binary masks: 0 background, 255 (>= 128) foreground; train and evaluate report foreground_iou")
+    warnings = sum(f["severity"] == WARNING for f in findings)
     if not report["blocking_problems"]:
-        print("no problems found: ready to train")
+        print(f"no blocking problems, but {warnings} warning(s) above: read them before training" if warnings
+              else "no problems found: ready to train")
 
 
 def inspect_data(data_path, out_dir: Path, *, labels=None, reduce_labels=None, ignore_index=None, val_split=0.2,
-                 seed=42, num_samples=8, source_options=None) -> dict:
+                 seed=42, num_samples=8, source_options=None, binary=None) -> dict:
     from tqdm.auto import tqdm
 
     data = load_data(data_path, val_split=val_split, seed=seed, **(source_options or {}))
-    if data.streaming is not None:
+    if isinstance(data, StreamedData):
         raise SegtuneError(f"{data_path}: inspect reads every pair; it does not take --streaming")
     if reduce_labels is not None:
         data.reduce_labels = reduce_labels
     if ignore_index is not None:
         data.ignore_index = ignore_index
-    label_set = load_labels(labels) if labels else data.labels
+    if binary is not None:
+        data.binary = binary
+    label_set = load_labels(labels) if labels else data.labels or (binary_labels() if data.binary else None)
     data.read_colours_of(label_set)
     num_classes = len(label_set) if label_set is not None else None
     stats = scan(data, progress=partial(tqdm, leave=False), num_classes=num_classes)
-    problems = blocking_problems(data, stats)
+    findings = label_findings(data, stats, label_set)
+    problems = problem_lines(findings) + blocking_problems(data, stats)
     if not data.train:
         problems.append(f"{data.source}: the training split is empty")
     if label_set is None:
@@ -144,10 +159,12 @@ def inspect_data(data_path, out_dir: Path, *, labels=None, reduce_labels=None, i
         "val_is_split": data.val_is_split,
         "reduce_labels": data.reduce_labels,
         "ignore_index": data.ignore_index,
+        "binary": data.binary,
         "classes": classes,
         "classes_never_present": [c["name"] for c in classes if c["pixels"] == 0],
         "warnings": _warnings(data, stats, classes, label_set),
         "blocking_problems": problems,
+        "findings": [f.to_json() for f in findings],  # label checks: code, severity, message
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,4 +172,15 @@ def inspect_data(data_path, out_dir: Path, *, labels=None, reduce_labels=None, i
     _sample_grid(data, label_set, out_dir / "inspect.png", num_samples)
     _print_summary(report)
     print(f"written: {out_dir / 'inspect.json'}, {out_dir / 'inspect.png'}")
+    return report
+
+
+def run_inspection(opts) -> dict:
+    """`segtune inspect`: `opts` a segtune.options.InspectOptions; a blocking problem is an error (exit 1)."""
+    report = inspect_data(opts.data, Path(opts.output_dir), labels=opts.labels, reduce_labels=opts.reduce_labels,
+                          ignore_index=opts.ignore_index, val_split=opts.val_split, seed=opts.seed,
+                          num_samples=opts.samples, source_options=opts.source_kwargs(), binary=opts.binary)
+    if report["blocking_problems"]:
+        raise SegtuneError(f"{len(report['blocking_problems'])} problem(s) would stop training "
+                           f"(listed above and in {Path(opts.output_dir) / 'inspect.json'})")
     return report

@@ -112,4 +112,7 @@ def metrics_to_json(metrics: dict, class_names) -> dict:
             out[key] = clean(value)
         else:
             out[key] = value
+    names = tuple(class_names)
+    if names == ("background", "foreground") and "per_category_iou" in metrics:  # --binary masks
+        out["foreground_iou"] = clean(metrics["per_category_iou"][1])
     return out

@@ -1,11 +1,16 @@
-"""Building or loading a segmentation model and its image processor, sized to the labels."""
+"""Building or loading a segmentation model and its image processor, sized to the labels, and
+reshaping a loaded SegFormer for faster inference (`fold_segformer_head`)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
 from .errors import SegtuneError
+from .hub import check_hub
 from .labels import LabelSet
 
 log = logging.getLogger("segtune")
@@ -45,6 +50,7 @@ def load_model(name: str, labels: LabelSet, ignore_index: int = 255, trust_remot
         )
         config = SegformerConfig(**MIT_ARCHITECTURES[name], **_label_kwargs(labels, ignore_index))
         return SegformerForSemanticSegmentation(config)
+    check_hub(name)
     try:
         return AutoModelForSemanticSegmentation.from_pretrained(
             name,
@@ -61,6 +67,7 @@ def load_processor(name_or_dir: str | Path):
     """The processor saved with a model; SegFormer's PIL variant since torchvision is absent."""
     from transformers import AutoConfig, AutoImageProcessor, SegformerImageProcessorPil
 
+    check_hub(name_or_dir)
     try:
         model_type = AutoConfig.from_pretrained(name_or_dir).model_type
         if model_type == "segformer":
@@ -87,3 +94,56 @@ def training_processor(model_name: str, base_size: int):
     return SegformerImageProcessorPil(
         size={"shortest_edge": base_size}, image_mean=mean, image_std=std, do_reduce_labels=False
     )
+
+
+# ---------------------------------------------------------------- a faster SegFormer head
+
+
+class FoldedSegformerHead(torch.nn.Module):
+    """SegFormer's all-MLP decode head with its fuse layer and BatchNorm folded into the per-stage
+    projections, for inference.
+
+    The head projects each stage to D channels, upsamples all to 1/4 of the input, concatenates
+    them (4D channels) and mixes them with a 1x1 conv, then BatchNorm, ReLU, classifier. Bilinear
+    upsampling and 1x1 convs are both linear per pixel and channel, so mixing at each stage's own
+    resolution before upsampling and summing is the same function; the (4D x H/4 x W/4) tensor and
+    the largest matmul of the model disappear. Exact in real arithmetic; in float32 the logits
+    move by about 1e-7, which can flip the argmax of near-tied pixels only.
+    """
+
+    def __init__(self, head):
+        super().__init__()
+        stages, width = len(head.linear_projections), head.linear_fuse.out_channels
+        fuse = head.linear_fuse.weight[:, :, 0, 0].double()
+        bn = head.batch_norm
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        bias = bn.bias.double() - bn.running_mean.double() * scale
+        weights = []
+        for i, mlp in enumerate(head.linear_projections):
+            block = fuse[:, (stages - 1 - i) * width : (stages - i) * width]  # the head concatenates c4..c1
+            weights.append(scale[:, None] * (block @ mlp.proj.weight.double()))
+            bias = bias + scale * (block @ mlp.proj.bias.double())
+        dtype = head.linear_fuse.weight.dtype
+        self.weights = torch.nn.ParameterList(
+            torch.nn.Parameter(w.to(dtype)[:, :, None, None], requires_grad=False) for w in weights)
+        self.bias = torch.nn.Parameter(bias.to(dtype)[None, :, None, None], requires_grad=False)
+        self.classifier = head.classifier
+
+    def forward(self, encoder_hidden_states, **kwargs):
+        size = encoder_hidden_states[0].shape[2:]
+        total = None
+        for i, (states, weight) in enumerate(zip(encoder_hidden_states, self.weights)):
+            mixed = F.conv2d(states, weight)
+            if i:
+                mixed = F.interpolate(mixed, size=size, mode="bilinear", align_corners=False)
+            total = mixed if total is None else total.add_(mixed)
+        return self.classifier(torch.relu_(total.add_(self.bias)))
+
+
+def fold_segformer_head(model) -> bool:
+    """Replaces a SegFormer's decode head by FoldedSegformerHead (eval only); False if not a SegFormer."""
+    head = getattr(model, "decode_head", None)
+    if type(head).__name__ != "SegformerDecodeHead" or getattr(model.config, "reshape_last_stage", True) is False:
+        return False
+    model.decode_head = FoldedSegformerHead(head).to(next(head.parameters()).device)
+    return True

@@ -17,9 +17,8 @@ rebuilds the page without the data.
 from __future__ import annotations
 
 import base64
+import functools
 import heapq
-import html
-import io
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ import torch
 from .errors import SegtuneError
 from .labels import LabelSet, load_labels
 from .metrics import ConfusionMatrix, metrics_to_json
+from .report_charts import confusion_chart, per_class_iou_chart, read_log, training_chart
 
 GALLERY_SIZE = 8
 REPORT_DIR = "report"  # the PNGs, beside report.html
@@ -97,125 +97,6 @@ def score_model(model, processor, samples: list, rules, num_classes: int, *, bat
     return cm, scores
 
 
-# ---------------------------------------------------------------- pictures
-
-
-def _figure_png(fig, path: Path, dpi: int = 100) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    data = buffer.getvalue()
-    path.write_bytes(data)
-    return data
-
-
-def per_class_iou_chart(names, ious, colors, path: Path, mean_iou: float | None = None) -> bytes:
-    """Horizontal bars, one per class in id order, in the class colours; n/a where IoU is NaN."""
-    from matplotlib.figure import Figure
-
-    n = len(names)
-    fig = Figure(figsize=(7.5, 0.9 + 0.26 * max(n, 3)), layout="constrained")
-    ax = fig.subplots()
-    values = np.array([np.nan if v is None else v for v in ious], dtype=float)
-    y = np.arange(n)
-    ax.barh(y, np.nan_to_num(values), color=np.asarray(colors, dtype=float) / 255, edgecolor="0.4", linewidth=0.5)
-    for i, v in enumerate(values):
-        ax.text(0.005 if np.isnan(v) else v + 0.01, i, "n/a" if np.isnan(v) else f"{v:.3f}", va="center",
-                fontsize="small", color="0.4" if np.isnan(v) else "black")
-    if mean_iou is not None and not math.isnan(mean_iou):
-        ax.axvline(mean_iou, color="0.3", linestyle="--", linewidth=1, label=f"mean IoU {mean_iou:.3f}")
-        ax.legend(loc="lower right", fontsize="small")
-    ax.set_yticks(y, [f"{i} {name}" for i, name in enumerate(names)], fontsize="small")
-    ax.set_ylim(n - 0.5, -0.5)
-    ax.set_xlim(0, 1.12)
-    ax.set_xlabel("IoU")
-    ax.set_title("per-class IoU")
-    return _figure_png(fig, path)
-
-
-def normalised_confusion(matrix: np.ndarray) -> np.ndarray:
-    """Each true class's row divided by its pixel count (NaN for a class with no pixels)."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    totals = matrix.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(totals > 0, matrix / totals, np.nan)
-
-
-def confusion_chart(names, matrix: np.ndarray, path: Path) -> bytes:
-    """Heatmap of the row-normalised confusion matrix (rows: ground truth, columns: prediction)."""
-    from matplotlib.figure import Figure
-
-    n = len(names)
-    norm = normalised_confusion(matrix)
-    side = min(30.0, max(5.0, 0.42 * n + 2.5))
-    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
-    ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(norm), cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class's pixels")
-    ticks = np.arange(n)
-    fontsize = "small" if n <= 30 else 5
-    ax.set_xticks(ticks, names, rotation=90, fontsize=fontsize)
-    ax.set_yticks(ticks, names, fontsize=fontsize)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title("confusion matrix (each row sums to 1)")
-    if n <= 25:
-        for i in range(n):
-            for j in range(n):
-                v = norm[i, j]
-                if not np.isnan(v) and v >= 0.005:
-                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if v > 0.5 else "black")
-    return _figure_png(fig, path)
-
-
-def read_log(path: Path) -> list[dict]:
-    """log.jsonl records; after a resume, a step logged twice keeps its last record."""
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "step" in record:
-                records.append(record)
-    return records
-
-
-def _series(records: list[dict], key: str) -> tuple[list, list]:
-    by_step = {}
-    for r in records:
-        value = r.get(key)
-        if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-            by_step[r["step"]] = value
-    steps = sorted(by_step)
-    return steps, [by_step[s] for s in steps]
-
-
-def training_chart(records: list[dict], path: Path) -> bytes | None:
-    """Loss, learning rate and validation mean IoU by step; None when the log has no training."""
-    from matplotlib.figure import Figure
-
-    panels = [("loss", "training loss"), ("learning_rate", "learning rate"), ("eval_mean_iou", "validation mean IoU")]
-    series = {key: _series(records, key) for key, _ in panels}
-    if not series["loss"][0]:
-        return None
-    fig = Figure(figsize=(13.5, 3.6), layout="constrained")
-    for ax, (key, title) in zip(fig.subplots(1, 3), panels):
-        steps, values = series[key]
-        if steps:
-            ax.plot(steps, values, marker="o" if len(steps) <= 30 else None, markersize=3,
-                    color={"loss": "tab:red", "learning_rate": "tab:purple"}.get(key, "tab:blue"))
-        else:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.5")
-        if key == "learning_rate":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    return _figure_png(fig, path)
-
-
 # ---------------------------------------------------------------- saved scores
 
 
@@ -242,24 +123,8 @@ def _sample_names(sample) -> tuple[str, str]:
 # ---------------------------------------------------------------- the page
 
 
-STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1400px;
-       padding: 0 1rem; color: #222; }
-h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
-.meta { color: #555; } .note { color: #777; font-style: italic; }
-table { border-collapse: collapse; margin: 0.5rem 0; font-variant-numeric: tabular-nums; }
-th, td { padding: 0.2rem 0.7rem; border-bottom: 1px solid #eee; text-align: right; }
-th:nth-child(-n+3), td:nth-child(-n+3) { text-align: left; }
-.swatch { display: inline-block; width: 0.9rem; height: 0.9rem; border: 1px solid #888; vertical-align: middle; }
-img { max-width: 100%; height: auto; display: block; margin: 0.5rem 0; }
-figure { margin: 1rem 0 2rem; } figcaption { color: #444; }
-.columns { display: flex; gap: 2rem; flex-wrap: wrap; align-items: flex-start; }
-"""
-
-
-def _img(data: bytes, alt: str) -> str:
-    encoded = base64.b64encode(data).decode("ascii")
-    return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(alt)}">'
+def _base64(png: bytes | None) -> str | None:
+    return None if png is None else base64.b64encode(png).decode("ascii")
 
 
 def _fmt(v) -> str:
@@ -405,67 +270,70 @@ def write_report_or_warn(run_dir: str | Path, **kwargs) -> Path | None:
 
 def _page(run_dir, metrics, labels, ious, accs, saved_confusion, per_image, bar_png, cm_png, curves_png,
           gallery, title) -> str:
-    e = html.escape
-    name = title or run_dir.resolve().name
     share = None
     if saved_confusion:
         rows = np.array(saved_confusion["matrix"], dtype=np.float64).sum(axis=1)
         share = rows / rows.sum() if rows.sum() else None
-    parts = [
-        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>segtune report: {e(name)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>segtune report: {e(name)}</h1>",
-    ]
-    meta = [f"folder <code>{e(str(run_dir))}</code>"]
-    if metrics.get("step") is not None:
-        meta.append(f"step {e(str(metrics['step']))}")
-    if metrics.get("data"):
-        meta.append(f"data <code>{e(str(metrics['data']))}</code>")
-    if metrics.get("num_images") is not None:
-        meta.append(f"{e(str(metrics['num_images']))} images scored")
-    elif per_image is not None:
-        meta.append(f"{len(per_image)} validation images")
-    meta.append(f"written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
-    parts.append(f'<p class="meta">{" &middot; ".join(meta)}</p>')
+    classes = [{"id": i, "name": name, "color": [int(c) for c in color], "iou": _fmt(ious[i]),
+                "accuracy": _fmt(accs[i]), "share": None if share is None else f"{100 * share[i]:.2f}%"}
+               for i, (name, color) in enumerate(zip(labels.names, labels.colors))]
+    return _template().render(
+        name=title or run_dir.resolve().name,
+        folder=str(run_dir),
+        step=metrics.get("step"),
+        data=metrics.get("data"),
+        num_images=metrics.get("num_images"),
+        num_validation=None if per_image is None else len(per_image),
+        written=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        summary=[(label, _fmt(metrics.get(key))) for key, label in (
+            ("mean_iou", "mean IoU"), ("mean_accuracy", "mean accuracy"),
+            ("overall_accuracy", "overall (pixel) accuracy"))],
+        classes=classes,
+        with_share=share is not None,
+        bar_png=_base64(bar_png),
+        cm_png=_base64(cm_png),
+        curves_png=_base64(curves_png),
+        gallery=[(caption, _base64(png)) for caption, _, png in gallery],
+        findings=metrics.get("data_findings") or [],  # label checks recorded by train (segtune/label_checks.py)
+    )
 
-    parts.append("<h2>Metrics</h2><table>")
-    for key, label in (("mean_iou", "mean IoU"), ("mean_accuracy", "mean accuracy"),
-                       ("overall_accuracy", "overall (pixel) accuracy")):
-        parts.append(f"<tr><th>{label}</th><td></td><td></td><td>{_fmt(metrics.get(key))}</td></tr>")
-    parts.append("</table>")
 
-    parts.append('<h2>Per class</h2><div class="columns"><table><tr><th>id</th><th></th><th>class</th>'
-                 "<th>IoU</th><th>accuracy</th>" + ("<th>pixel share</th>" if share is not None else "") + "</tr>")
-    for i, (cls, color) in enumerate(zip(labels.names, labels.colors)):
-        swatch = f'<span class="swatch" style="background: rgb({color[0]}, {color[1]}, {color[2]})"></span>'
-        row = f"<tr><td>{i}</td><td>{swatch}</td><td>{e(cls)}</td><td>{_fmt(ious[i])}</td><td>{_fmt(accs[i])}</td>"
-        if share is not None:
-            row += f"<td>{100 * share[i]:.2f}%</td>"
-        parts.append(row + "</tr>")
-    parts.append(f"</table><div>{_img(bar_png, 'per-class IoU bar chart')}</div></div>")
+@functools.lru_cache(maxsize=1)
+def _template():
+    import jinja2
 
-    parts.append("<h2>Confusion matrix</h2>")
-    if cm_png:
-        parts.append(_img(cm_png, "normalised confusion matrix"))
-    else:
-        parts.append('<p class="note">Not computed: run <code>segtune report RUN_DIR --data PATH</code> '
-                     "to score the validation images.</p>")
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("segtune", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),  # class names, paths and captions are the user's text
+        undefined=jinja2.StrictUndefined,  # a misspelt name fails here, not as a silently empty cell
+        trim_blocks=True, lstrip_blocks=True,  # block tags on their own lines leave no blank lines behind
+        keep_trailing_newline=True,
+    )
+    return environment.get_template("report.html")
 
-    parts.append("<h2>Training</h2>")
-    if curves_png:
-        parts.append(_img(curves_png, "training curves: loss, learning rate, validation mean IoU"))
-    else:
-        parts.append('<p class="note">No training log (log.jsonl) in this folder: an evaluation only.</p>')
 
-    parts.append(f"<h2>Lowest-IoU validation images ({len(gallery)})</h2>")
-    if gallery:
-        parts.append("<p>Image | ground truth | prediction | errors (red: wrong, grey: not scored), "
-                     "lowest mean IoU first.</p>")
-        for caption, _, png in gallery:
-            parts.append(f"<figure>{_img(png, caption)}<figcaption>{e(caption)}</figcaption></figure>")
-    else:
-        parts.append('<p class="note">No per-image scores (scoring saved predictions keeps none): '
-                     "<code>segtune report RUN_DIR --data PATH</code> scores a model.</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+def run_report(opts, run_dir: str | Path) -> Path:
+    """`segtune report RUN_DIR`: `opts` a segtune.options.ReportOptions. With `opts.data`, the model is
+    scored afresh on the pairs `opts.split` selects (as `segtune evaluate` does); without it, the scores
+    an earlier report saved are drawn again."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise SegtuneError(f"{run_dir}: no metrics.json (expected a `segtune train` or `segtune evaluate` "
+                           "output folder)")
+    scoring = {}
+    if opts.data:
+        from .evaluate import load_scored_data
+        from .inference import Segmenter
+
+        model = opts.model or (run_dir if (run_dir / "config.json").is_file()
+                               else json.loads(metrics_path.read_text()).get("source"))
+        if not model:
+            raise SegtuneError(f"{run_dir}: holds no model; name the one to score with --model")
+        segmenter = Segmenter.from_pretrained(model, trust_remote_code=opts.trust_remote_code)
+        labels = load_labels(opts.labels) if opts.labels else segmenter.labels
+        data, labels, _ = load_scored_data(opts, model, labels)
+        scoring = dict(model=segmenter.model, processor=segmenter.processor, samples=data.val, rules=data.rules,
+                       labels=labels)
+    return write_report(run_dir, output_dir=opts.output_dir, gallery_size=opts.gallery, batch_size=opts.batch_size,
+                        num_workers=opts.num_workers, **scoring)

@@ -6,20 +6,22 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, default_data_collator, set_seed
 
-from .checks import checked_labels
-from .data import SegmentationData
+from .checks import load_checked_data
+from .data import SegmentationData, StreamedData
 from .errors import SegtuneError
 from .evaluate import EvalDataset, format_table
 from .labels import load_labels
 from .metrics import metrics_to_json
-from .model import load_model, training_processor
-from .sources import load_data
+from .hub import check_hub
+from .model import DEFAULT_MODEL, MIT_ARCHITECTURES, load_model, training_processor
+from .options import CommonOptions, LabelOptions, SourceOptions, flag, option
+from .sources.splits import write_splits
 from .trainer import InterruptCheckpoint, JsonlLogger, SegmentationTrainer, TrainDataset
 from .transforms import AugmentConfig, ProcessorTransform, train_transform
 
@@ -76,7 +78,7 @@ def training_arguments(output_dir: Path, overrides: dict, *, streaming: bool = F
     """segtune's defaults, then the user's values (config file, then command line)."""
     values = {**TRAINING_DEFAULTS, **overrides, "output_dir": str(output_dir)}
     if streaming:  # accelerate's default for a stream: rank 0 reads every batch and sends each rank its share;
-        # instead each rank reads the stream and keeps its own batches (hf_sources.StreamingSource.dataset)
+        # instead each rank reads the stream and keeps its own batches (sources.stream.StreamingSource.dataset)
         values.setdefault("accelerator_config", {"dispatch_batches": False})
     values.update(gpu_precision_default(values, overrides))
     if not values["dataloader_num_workers"]:  # persistent workers need workers
@@ -95,33 +97,40 @@ def training_arguments(output_dir: Path, overrides: dict, *, streaming: bool = F
     return args
 
 
-@dataclass
-class TrainOptions:
-    data: str
-    output_dir: Path
-    model: str = "nvidia/mit-b0"
-    labels: str | None = None
-    reduce_labels: bool | None = None  # None: as the data file says
-    ignore_index: int | None = None  # None: as the data file says, else 255
-    val_split: float = 0.2
-    source_options: dict = field(default_factory=dict)  # suffixes, datasets splits/columns, streaming
-    skip_bad: bool = False
+@dataclass(kw_only=True)
+class TrainOptions(CommonOptions, LabelOptions, SourceOptions):
+    """`segtune train`'s own options (TrainingArguments and AugmentConfig beside them); the fields
+    without help are for Python callers."""
+
+    data: str | None = option(None, "dataset folder, YAML data file or `datasets` source (required)")
+    model: str = option(DEFAULT_MODEL, "Hub id, model folder, or mit-b0 ... mit-b5 (random weights)")
+    config: Path | None = option(None, "YAML/JSON file of any of these options; the command line wins")
+    val_split: float = option(0.2, "validation share when the data has no split (split with --seed)")
+    streaming: bool = flag("read a `datasets` source as a stream (needs --max_steps and known classes)")
+    skip_bad: bool = flag("train on the good pairs, after listing the bad ones")
+    num_workers: int | None = option(None, "DataLoader worker processes (= --dataloader_num_workers; default: "
+                                     "half the cores, at most 4, with a GPU; 0 on CPU)")
+    recipe: Literal["segformer", "plain"] = option("segformer", "segformer: MMSegmentation's SegFormer recipe; "
+                                                   "plain: the seeds' bare Trainer defaults")
+    head_lr_mult: float = option(10.0, "decode head learning-rate multiple (segformer recipe)")
+    loss: str = option("ce", "ce, dice, focal, or a weighted sum such as ce:1,dice:0.5")
+    class_weights: str | None = option(None, "'auto' (from training pixel frequencies) or a file of weights "
+                                       "(JSON or one per line)")
+    early_stopping: int | None = option(None, "stop after N evaluations without a better mean IoU", metavar="N")
+    overfit: int | None = option(None, "sanity check: train and evaluate on the same N images, augmentation off",
+                                 metavar="N")
+    resume: bool = flag("continue from the newest checkpoint in --output-dir")
+    overwrite: bool = flag("write into a non-empty output folder")
+    trust_remote_code: bool = flag("run a Hub model's own code (only for models you trust)")
+    report: bool = option(True, "report.html at the end (metrics, curves, confusion matrix, lowest-IoU images); "
+                          "--no-report: none")
+    # Python callers only
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     training: dict = field(default_factory=dict)  # TrainingArguments overrides
-    resume: bool = False
-    overwrite: bool = False
-    trust_remote_code: bool = False
-    recipe: str = "segformer"  # or "plain": the seeds' bare Trainer defaults
     # The augmentation options set by the user, which the recipe's presets leave alone;
     # None: those that differ from AugmentConfig's defaults.
     augment_given: set | None = None
-    head_lr_mult: float = 10.0
-    loss: str = "ce"  # e.g. "ce:1,dice:0.5"; see losses.parse_loss_spec
-    class_weights: str | None = None  # "auto" (from training pixel frequencies) or a file
-    early_stopping: int | None = None  # evaluations without a better mean IoU before stopping
-    overfit: int | None = None  # the seeds' sanity check on N images, augmentation off
-    report: bool = True  # report.html at the end, from the final evaluation
-    callbacks: list = field(default_factory=list)  # extra TrainerCallbacks (Python use)
+    callbacks: list = field(default_factory=list)  # extra TrainerCallbacks
 
 
 # --report_to NAME -> (modules, any of which will do; what to install)
@@ -169,45 +178,11 @@ def prepare_output_dir(path: Path, resume: bool, overwrite: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def load_checked_data(data_path, *, val_split, seed, reduce_labels, ignore_index, labels, splits,
-                      skip_bad=False, source_options=None):
-    """Finds, configures and checks a dataset; returns (data, labels); `labels` may be None.
-
-    `splits` names the splits to check, or is a function of the loaded data giving them.
-    A streamed dataset cannot be read ahead: its classes must be known and bad rows are met
-    (and named, or skipped with `skip_bad`) as training reaches them.
-    """
-    from tqdm.auto import tqdm
-
-    data = load_data(data_path, val_split=val_split, seed=seed, **(source_options or {}))
-    if reduce_labels is not None:
-        data.reduce_labels = reduce_labels
-    if ignore_index is not None:
-        data.ignore_index = ignore_index
-    if data.streaming is not None:
-        labels = labels or data.labels
-        if labels is None:
-            raise SegtuneError(f"{data_path}: a streamed dataset needs its classes: pass --labels or put "
-                               "an id2label.json beside the data")
-        data.read_colours_of(labels)
-        return data, labels
-    if callable(splits):
-        splits = splits(data)
-    labels = checked_labels(data, labels, splits=splits, progress=partial(tqdm, leave=False), skip_bad=skip_bad)
-    return data, labels
-
-
-def write_split_lists(data: SegmentationData, out_dir: Path) -> None:
-    """Records which pairs went where, so a run can be repeated and audited."""
-    listing = {split: [s.name for s in getattr(data, split)] for split in ("train", "val")}
-    (out_dir / "splits.json").write_text(json.dumps(listing, indent=1))
-
-
-def _datasets(data: SegmentationData, opts: TrainOptions, processor, seed: int):
+def _datasets(data: SegmentationData | StreamedData, opts: TrainOptions, processor, seed: int):
     augment = train_transform(opts.augment, processor.image_mean, processor.image_std, data.ignore_index)
     evaluate = ProcessorTransform(processor)
-    if data.streaming is not None:
-        stream = data.streaming
+    if isinstance(data, StreamedData):
+        stream = data.stream
         return (stream.dataset("train", augment, data.rules, opts.skip_bad, shuffle_seed=seed),
                 stream.dataset("val", evaluate, data.rules, opts.skip_bad))
     return TrainDataset(data.train, augment, data.rules), EvalDataset(data.val, evaluate, data.rules)
@@ -216,10 +191,10 @@ def _datasets(data: SegmentationData, opts: TrainOptions, processor, seed: int):
 OVERFIT_TARGET = 0.9
 
 
-def _overfit(data: SegmentationData, opts: TrainOptions) -> None:
+def _overfit(data: SegmentationData | StreamedData, opts: TrainOptions) -> None:
     """Train and validate on the same first N training pairs, without augmentation."""
     n = opts.overfit
-    if data.streaming is not None:
+    if isinstance(data, StreamedData):
         raise SegtuneError(f"{opts.data}: --overfit needs a dataset it can index, not a stream")
     if n < 1 or n > len(data.train):
         raise SegtuneError(f"--overfit {n}: choose 1..{len(data.train)} (the training pairs)")
@@ -265,7 +240,8 @@ class EarlyStopping(EarlyStoppingCallback):
             return super().on_evaluate(args, state, control, metrics, **kwargs)
 
 
-def _recipe(opts: TrainOptions, args: TrainingArguments, data: SegmentationData, labels) -> tuple[dict, dict]:
+def _recipe(opts: TrainOptions, args: TrainingArguments, data: SegmentationData | StreamedData,
+            labels) -> tuple[dict, dict]:
     """-> (SegmentationTrainer keyword arguments, what to record in the model card)."""
     from . import losses, optim
 
@@ -285,7 +261,7 @@ def _recipe(opts: TrainOptions, args: TrainingArguments, data: SegmentationData,
     card.setdefault("schedule", f"the Trainer's {args.lr_scheduler_type.value}")  # warm-up steps: recorded as used
     weights = None
     if opts.class_weights == "auto":
-        if data.streaming is not None:
+        if isinstance(data, StreamedData):
             raise SegtuneError(f"{opts.data}: --class-weights auto counts the training pixels: not on a stream")
         counts = losses.pixel_counts((s.read_mask(data.rules) for s in data.train), len(labels), data.ignore_index)
         weights = losses.class_weights_from_frequencies(counts)
@@ -306,20 +282,19 @@ def _recipe(opts: TrainOptions, args: TrainingArguments, data: SegmentationData,
 
 def run_training(opts: TrainOptions) -> dict:
     """Checks the data, trains, saves the model directory; returns the final metrics (JSON form)."""
+    if not opts.data or not opts.output_dir:
+        raise SegtuneError("train needs data and an output folder (--data PATH --output-dir PATH)")
+    opts.output_dir = Path(opts.output_dir)
     seed = int(opts.training.get("seed", 42))
     check_reporters(opts.training.get("report_to"))
-    data, labels = load_checked_data(
-        opts.data,
-        val_split=opts.val_split,
-        seed=seed,
-        reduce_labels=opts.reduce_labels,
-        ignore_index=opts.ignore_index,
-        labels=load_labels(opts.labels) if opts.labels else None,
-        splits=("train", "val"),
-        skip_bad=opts.skip_bad,
-        source_options=opts.source_options,
-    )
-    if data.streaming is None and not data.train or data.streaming is not None and data.streaming.train is None:
+    if opts.model not in MIT_ARCHITECTURES:
+        check_hub(opts.model)  # before the data is read: offline, fail in seconds, not after it
+    data, labels = load_checked_data(opts.data, opts, val_split=opts.val_split, seed=seed,
+                                     labels=load_labels(opts.labels) if opts.labels else None,
+                                     source_kwargs=opts.source_kwargs(), skip_bad=opts.skip_bad)
+    streamed = isinstance(data, StreamedData)
+    no_training = data.stream.train is None if streamed else not data.train
+    if no_training:
         raise SegtuneError(f"{opts.data}: the training split is empty")
     if opts.overfit is not None:
         _overfit(data, opts)
@@ -329,10 +304,10 @@ def run_training(opts: TrainOptions) -> dict:
     prepare_output_dir(opts.output_dir, opts.resume, opts.overwrite)
     recipe_defaults = RECIPE_DEFAULTS if opts.recipe == "segformer" else {}
     args = training_arguments(opts.output_dir, {**recipe_defaults, **opts.training},
-                              streaming=data.streaming is not None)
-    if data.streaming is not None and args.max_steps <= 0:
+                              streaming=streamed)
+    if streamed and args.max_steps <= 0:
         raise SegtuneError(f"{opts.data}: a streamed dataset has no length: give --max_steps")
-    if data.streaming is None:
+    if not streamed:
         log.info("segtune: %d training and %d validation pairs, %d classes", len(data.train), len(data.val),
                  len(labels))
 
@@ -356,11 +331,12 @@ def run_training(opts: TrainOptions) -> dict:
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "channels_last": channels_last,
         **({"max_steps": args.max_steps} if args.max_steps > 0 else {"num_train_epochs": args.num_train_epochs}),
-        "train_samples": "streamed" if data.streaming is not None else len(data.train),
-        "validation_samples": "streamed" if data.streaming is not None else len(data.val),
+        "train_samples": "streamed" if streamed else len(data.train),
+        "validation_samples": "streamed" if streamed else len(data.val),
         "seed": args.seed,
         "reduce_labels": data.reduce_labels,
         "label_map": data.label_map,
+        "binary": data.binary,
         "ignore_index": data.ignore_index,
         **{k: v for k, v in vars(opts.augment).items()},
         **recipe_card,
@@ -401,7 +377,7 @@ def run_training(opts: TrainOptions) -> dict:
     from .report import ImageScores, write_report_or_warn
     from .trainer import SCALAR_METRICS
 
-    scores = ImageScores(len(labels), data.ignore_index) if opts.report and data.streaming is None else None
+    scores = ImageScores(len(labels), data.ignore_index) if opts.report and not streamed else None
     confusion = evaluate_model(trainer.model, val_set, len(labels), data.ignore_index,
                                batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
                                progress=not args.disable_tqdm, on_item=scores)
@@ -413,13 +389,14 @@ def run_training(opts: TrainOptions) -> dict:
         scores.gather()  # several processes: each scored its own share of the images
     metrics = metrics_to_json(trainer.last_metrics, labels.names)
     metrics["step"] = trainer.state.global_step
+    metrics["data_findings"] = [f.to_json() for f in getattr(data, "findings", [])]  # label checks, for the report
     if opts.overfit is not None:
         metrics["overfit"] = _overfit_report(trainer.state.log_history, opts.overfit)
     if trainer.is_world_process_zero():
         # _internal_call: the Trainer pushes on every user call of save_model; the one push is below
         trainer.save_model(str(opts.output_dir), _internal_call=True)
         labels.to_json(opts.output_dir / "labels.json")
-        write_split_lists(data, opts.output_dir)
+        write_splits(data, opts.output_dir)
         (opts.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         trainer.create_model_card()
         print(format_table(trainer.last_metrics, labels.names))

@@ -29,15 +29,19 @@ class TrainDataset(PairDataset, Dataset):
     """Item k is pair k % n, augmented by a generator seeded from (seed, epoch = k // n, pair).
 
     The epoch travels inside the index (see EpochSampler), so the augmentation of every image
-    is fixed by the seed alone: the same with any number of workers, and after a resume.
+    is fixed by the seed alone: the same with any number of workers, and after a resume. The
+    generator is the item's own `random.Random`, handed to the transform: nothing else that
+    draws from the process-global `random` (in this process or a worker) can shift it, and
+    loading an item leaves the global state alone.
     """
 
     seed = 0
 
     def __getitem__(self, k):
         epoch, i = divmod(k, len(self.samples))
-        random.seed(int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]))
-        pixel_values, labels = self.transform(*self.load(i))
+        # Random(n) starts where random.seed(n) put the global generator, so runs are unchanged.
+        rng = random.Random(int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]))
+        pixel_values, labels = self.transform(*self.load(i), rng)
         return {"pixel_values": pixel_values, "labels": labels}
 
 

@@ -1,7 +1,10 @@
 """Joint image/mask transforms (after torchvision's references/segmentation/transforms.py).
 
-Each transform takes and returns (PIL RGB image, int64 numpy mask), except the last two of
-the training pipeline: Normalize gives tensors and Pad pads them. Masks are resized with
+Each transform takes (PIL RGB image, int64 numpy mask, rng) and returns (image, mask), except
+the last two of the training pipeline: Normalize gives tensors and Pad pads them. `rng` is a
+`random.Random` owned by the caller (TrainDataset makes one per item from the seed, the epoch
+and the image), so an item's augmentation depends on that generator alone, not on whatever
+else drew from the process-global `random` before it. Masks are resized with
 nearest neighbour and padded with the ignore index, so padding is never learnt as a class.
 The training recipe is MMSegmentation's SegFormer one (see train_transform).
 Evaluation does not use these: it runs the saved image processor itself, so plain
@@ -17,14 +20,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .options import option
+
 
 class Compose:
     def __init__(self, transforms):
         self.transforms = transforms
 
-    def __call__(self, image, mask):
+    def __call__(self, image, mask, rng: random.Random):
         for t in self.transforms:
-            image, mask = t(image, mask)
+            image, mask = t(image, mask, rng)
         return image, mask
 
 
@@ -34,8 +39,8 @@ class RandomResize:
     def __init__(self, base_size: int, ratio_range: tuple[float, float]):
         self.base_size, self.ratio_range = base_size, ratio_range
 
-    def __call__(self, image, mask):
-        short = self.base_size * random.uniform(*self.ratio_range)
+    def __call__(self, image, mask, rng: random.Random):
+        short = self.base_size * rng.uniform(*self.ratio_range)
         scale = short / min(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.BILINEAR)
@@ -59,11 +64,11 @@ class RandomCrop:
         self.size, self.ignore_index, self.pad = size, ignore_index, pad
         self.cat_max_ratio, self.max_tries = cat_max_ratio, max_tries
 
-    def __call__(self, image, mask):
+    def __call__(self, image, mask, rng: random.Random):
         if self.pad:
             image, mask = pad_pair(image, mask, self.size, self.ignore_index)
         margin_w, margin_h = max(0, image.width - self.size), max(0, image.height - self.size)
-        left, top = random.randint(0, margin_w), random.randint(0, margin_h)
+        left, top = rng.randint(0, margin_w), rng.randint(0, margin_h)
         if self.cat_max_ratio < 1 and (margin_w or margin_h):  # with no margin every draw is the same
             best = None
             for _ in range(max(1, self.max_tries)):
@@ -72,7 +77,7 @@ class RandomCrop:
                     best = (share, left, top)
                 if share < self.cat_max_ratio:
                     break
-                left, top = random.randint(0, margin_w), random.randint(0, margin_h)
+                left, top = rng.randint(0, margin_w), rng.randint(0, margin_h)
             _, left, top = best
         w, h = min(self.size, image.width), min(self.size, image.height)
         image = image.crop((left, top, left + w, top + h))
@@ -109,7 +114,7 @@ class Pad:
     def __init__(self, size: int, ignore_index: int):
         self.size, self.ignore_index = size, ignore_index
 
-    def __call__(self, pixels, mask):
+    def __call__(self, pixels, mask, rng: random.Random | None = None):  # draws nothing
         pad_h, pad_w = max(0, self.size - pixels.shape[-2]), max(0, self.size - pixels.shape[-1])
         if pad_w or pad_h:
             pixels = torch.nn.functional.pad(pixels, (0, pad_w, 0, pad_h), value=0.0)
@@ -121,8 +126,8 @@ class RandomHorizontalFlip:
     def __init__(self, p: float = 0.5):
         self.p = p
 
-    def __call__(self, image, mask):
-        if random.random() < self.p:
+    def __call__(self, image, mask, rng: random.Random):
+        if rng.random() < self.p:
             return image.transpose(Image.FLIP_LEFT_RIGHT), mask[:, ::-1]
         return image, mask
 
@@ -134,7 +139,7 @@ class Normalize:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
-    def __call__(self, image, mask):
+    def __call__(self, image, mask, rng: random.Random | None = None):  # draws nothing
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         return (pixels - self.mean) / self.std, torch.from_numpy(np.ascontiguousarray(mask))
 
@@ -158,18 +163,18 @@ class PhotometricDistortion:
     def _convert(pixels, alpha=1.0, beta=0.0):
         return np.clip(pixels.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
-    def _contrast(self, pixels):
-        return self._convert(pixels, alpha=random.uniform(*self.contrast_range)) if random.randint(0, 1) else pixels
+    def _contrast(self, pixels, rng):
+        return self._convert(pixels, alpha=rng.uniform(*self.contrast_range)) if rng.randint(0, 1) else pixels
 
-    def __call__(self, image, mask):
+    def __call__(self, image, mask, rng: random.Random):
         pixels = np.asarray(image.convert("RGB"))
-        if random.randint(0, 1):
-            pixels = self._convert(pixels, beta=random.uniform(-self.brightness_delta, self.brightness_delta))
-        contrast_first = random.randint(0, 1)
+        if rng.randint(0, 1):
+            pixels = self._convert(pixels, beta=rng.uniform(-self.brightness_delta, self.brightness_delta))
+        contrast_first = rng.randint(0, 1)
         if contrast_first:
-            pixels = self._contrast(pixels)
-        saturation = random.uniform(*self.saturation_range) if random.randint(0, 1) else None
-        hue = random.randint(-self.hue_delta, self.hue_delta) if random.randint(0, 1) else None
+            pixels = self._contrast(pixels, rng)
+        saturation = rng.uniform(*self.saturation_range) if rng.randint(0, 1) else None
+        hue = rng.randint(-self.hue_delta, self.hue_delta) if rng.randint(0, 1) else None
         if saturation is not None or hue is not None:
             hsv = np.array(Image.fromarray(pixels).convert("HSV"))
             if saturation is not None:
@@ -178,7 +183,7 @@ class PhotometricDistortion:
                 hsv[..., 0] = np.round(hsv[..., 0] + hue * 256 / 180).astype(np.int64) % 256
             pixels = np.asarray(Image.fromarray(hsv, mode="HSV").convert("RGB"))
         if not contrast_first:
-            pixels = self._contrast(pixels)
+            pixels = self._contrast(pixels, rng)
         return Image.fromarray(pixels), mask
 
 
@@ -186,12 +191,21 @@ class PhotometricDistortion:
 class AugmentConfig:
     """Training augmentation; `base_size` is also the evaluation short side."""
 
-    base_size: int = 512
-    crop_size: int = 512
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    flip: bool = True
-    cat_max_ratio: float = 0.75  # MMSeg's SegFormer crops: no class over 75% of a crop, where it can
-    photometric: bool = True
+    base_size: int = option(512, "short side for evaluation, and the base of the random resize "
+                            "(recorded in the saved preprocessor_config.json)")
+    crop_size: int = option(512, "training crop")
+    # a list on the command line (two numbers), kept as a tuple
+    scale_range: list[float] = option((0.5, 2.0), "random resize ratios of the base size", nargs=2,
+                                      metavar=("MIN", "MAX"))
+    flip: bool = option(True, "random horizontal flips; --no-flip: none")
+    # MMSeg's SegFormer crops: no class over 75% of a crop, where it can
+    cat_max_ratio: float = option(0.75, "crops retry so no class covers more than this share (1 = off)")
+    photometric: bool = option(True, "brightness/contrast/saturation/hue distortion; --no-photometric: none")
+
+    def __post_init__(self):
+        self.scale_range = tuple(float(r) for r in self.scale_range)
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"scale_range {self.scale_range}: give MIN MAX with 0 < MIN <= MAX")
 
     @classmethod
     def off(cls, base_size: int = 512, crop_size: int = 512) -> AugmentConfig:

@@ -96,7 +96,7 @@ def test_post_logits_sides_score_alike(kind):
     # benchmarks/post_logits.py times the seed's compute_metrics against segtune's path after
     # the logits (with class pruning on the trained-like logits): both must give the same IoUs.
     from benchmarks.post_logits import make_logits, same, seed_side, segtune_side
-    from segtune.evaluate import candidate_classes
+    from segtune.postprocess import candidate_classes
 
     logits, labels = make_logits(kind, 3, 150, (128, 160), seed=1)
     kept = [candidate_classes(x) for x in logits]

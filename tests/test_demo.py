@@ -8,7 +8,9 @@ from PIL import Image
 
 import segtune.demo as demo
 from segtune.cli import main
-from segtune.demo_data import DEMO_CLASSES, generate_demo_dataset
+from segtune.demo_data import DEMO_CLASSES, DEMO_COLORS, generate_demo_dataset
+from segtune.labels import load_labels
+from segtune.visualize import ERROR_COLOR, IGNORED_COLOR, UNSCORED_COLOR
 
 
 def test_generator_is_deterministic_and_ade20k_shaped(tmp_path):
@@ -19,7 +21,7 @@ def test_generator_is_deterministic_and_ade20k_shaped(tmp_path):
     assert len([f for f in files if f.parts[0] == "images"]) == 8
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files if f.suffix == ".png")
-    assert json.loads((a / "id2label.json").read_text()) == {str(i): n for i, n in enumerate(DEMO_CLASSES)}
+    assert load_labels(a / "id2label.json").names == tuple(DEMO_CLASSES)
     masks = [np.array(Image.open(p)) for p in sorted((a / "annotations" / "training").iterdir())]
     values = np.unique(np.concatenate([m.ravel() for m in masks]))
     assert values.min() == 0 and values.max() <= len(DEMO_CLASSES) and len(DEMO_CLASSES) >= 6
@@ -39,6 +41,27 @@ def test_some_classes_share_a_colour(tmp_path):
     assert np.abs(sky - water).max() < 25
 
 
+def test_demo_classes_have_natural_colours_apart_from_the_error_map_s(tmp_path):
+    """id2label.json gives each class its colour, as the label loader reads it: sky a light blue,
+    water a deeper one, and no class near the error map's red, the ignored black or the unscored grey."""
+    root = generate_demo_dataset(tmp_path / "d", seed=0, num_train=1, num_val=1, image_size=32)
+    labels = load_labels(root / "id2label.json")
+    assert labels.colors_given and labels.names == tuple(DEMO_CLASSES)
+    colors = {name: labels.colors[i].astype(int) for i, name in enumerate(labels.names)}
+    assert all(tuple(colors[n]) == DEMO_COLORS[n] for n in DEMO_CLASSES)
+    r, g, b = colors["sky"]
+    assert b > r + 60 and b >= g > r  # blue-ish, and light
+    r, g, b = colors["water"]
+    assert b > r + 60 and b > g and colors["water"].sum() < colors["sky"].sum() - 150  # a deeper blue
+    assert colors["grass"][1] > max(colors["grass"][[0, 2]]) and colors["tree"][1] > max(colors["tree"][[0, 2]])
+    for reference, apart in ((ERROR_COLOR, 100), (IGNORED_COLOR, 100), (UNSCORED_COLOR, 60)):
+        near = {n: c.tolist() for n, c in colors.items() if np.linalg.norm(c - reference) < apart}
+        assert not near, f"{near} too close to {reference}"
+    names = list(colors)
+    closest = min(np.linalg.norm(colors[a] - colors[b]) for i, a in enumerate(names) for b in names[i + 1:])
+    assert closest > 60  # every two classes tell apart at a glance
+
+
 @pytest.fixture
 def short_demo(monkeypatch):
     monkeypatch.setattr(demo, "DEMO_IMAGE_SIZE", 64)
@@ -56,6 +79,14 @@ def test_demo_writes_data_model_predictions_and_metrics(short_demo, tmp_path, ca
     assert metrics == json.loads((out / "model" / "metrics.json").read_text())
     assert len(list((out / "predictions" / "compare").glob("*.png"))) == 4
     assert f"validation mean IoU {metrics['mean_iou']:.4f}" in capsys.readouterr().out
+    # the data's colours travel with the model (labels.json) into the predictions' pictures
+    assert load_labels(out / "model" / "labels.json") == load_labels(out / "data" / "id2label.json")
+    demo_colors = {tuple(c) for c in DEMO_COLORS.values()}
+    color_pngs = sorted((out / "predictions" / "color").glob("*.png"))
+    assert len(color_pngs) == 4
+    for color_png in color_pngs:
+        used = {tuple(c) for c in np.asarray(Image.open(color_png).convert("RGB")).reshape(-1, 3).tolist()}
+        assert used <= demo_colors | {IGNORED_COLOR}, used - demo_colors
 
     (out / "model" / "stale.txt").write_text("old")  # a second demo replaces its own folder
     assert main(["demo", "--output-dir", str(out)]) == 0

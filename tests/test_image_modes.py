@@ -56,7 +56,7 @@ def test_segmenter_accepts_paths_arrays_and_images_alike(tiny_model_dir, tmp_pat
     from transformers import AutoModelForSemanticSegmentation, SegformerImageProcessorPil
 
     from segtune.labels import LabelSet
-    from segtune.predict import Segmenter
+    from segtune.inference import Segmenter
 
     processor = SegformerImageProcessorPil(size={"shortest_edge": 32})
     model = AutoModelForSemanticSegmentation.from_pretrained(tiny_model_dir)

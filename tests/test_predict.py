@@ -14,14 +14,9 @@ from PIL import Image
 from segtune.cli import main
 from segtune.errors import SegtuneError
 from segtune.labels import LabelSet
-from segtune.predict import (
-    FoldedSegformerHead,
-    Segmenter,
-    collect_images,
-    load_probabilities,
-    slide_windows,
-    window_counts,
-)
+from segtune.inference import Segmenter, slide_windows, window_counts
+from segtune.model import FoldedSegformerHead
+from segtune.predict import collect_images, load_probabilities, predict_images
 from segtune.visualize import error_map
 
 from .conftest import tiny_segformer
@@ -66,6 +61,12 @@ class PixelModel(torch.nn.Module):
 
     def forward(self, pixel_values):
         return SimpleNamespace(logits=self.conv(pixel_values))
+
+
+def assert_several_classes(*label_maps, least=2):
+    """Equal label maps prove little when they hold one class only: each compared map must hold several."""
+    for label_map in label_maps:
+        assert len(np.unique(label_map)) >= least, f"classes {np.unique(label_map).tolist()}"
 
 
 def transformers_label_map(model, image):
@@ -114,6 +115,7 @@ def test_slide_equals_whole_on_an_image_within_one_window(tiny):
     image = rgb(2, 45, 30)
     whole = Segmenter(tiny, processor(), LabelSet.numbered(3), mode="whole")
     slide = Segmenter(tiny, processor(), LabelSet.numbered(3), mode="slide", crop_size=64)
+    assert_several_classes(whole(image), least=3)
     assert np.array_equal(slide(image), whole(image))
     assert np.array_equal(whole(image), transformers_label_map(tiny, Image.fromarray(image)))
 
@@ -146,6 +148,7 @@ def test_batched_prediction_equals_one_at_a_time_and_transformers(tiny):
     assert sum(shape[0] for shape in passes) == len(images)
     for image, label_map in zip(images, got):
         assert label_map.shape == (image.height, image.width)
+        assert_several_classes(label_map)
         assert np.array_equal(label_map, single(image))
         assert np.array_equal(label_map, transformers_label_map(tiny, image))
 
@@ -162,11 +165,18 @@ def test_segmenter_from_pretrained_probabilities_and_overlay(model_dir):
         Segmenter.from_pretrained(model_dir, device="tpu")
 
 
-def test_bfloat16_runs_and_mostly_agrees(model_dir):
-    image = rgb(5, 64, 48)
-    full = Segmenter.from_pretrained(model_dir, device="cpu")(image)
-    half = Segmenter.from_pretrained(model_dir, device="cpu", dtype="bfloat16")(image)
-    assert half.shape == full.shape and (half == full).mean() > 0.5
+def test_bfloat16_agrees_with_float32_on_almost_every_pixel(model_dir):
+    # Images on which the model predicts all three classes (each on >= 10% of the pixels), so the
+    # agreement is not that of a one-class map (chance would be far lower); measured: 99.2% and
+    # 99.6% of the pixels agree (bfloat16 moves near-tied pixels only).
+    images = [rgb(6, 64, 48), rgb(10, 64, 48)]
+    full = Segmenter.from_pretrained(model_dir, device="cpu").predict(images)
+    bf16 = Segmenter.from_pretrained(model_dir, device="cpu", dtype="bfloat16")
+    assert bf16.dtype == torch.bfloat16
+    for want, got in zip(full, bf16.predict(images)):
+        assert got.shape == want.shape
+        assert (np.bincount(want.ravel(), minlength=3) / want.size).min() >= 0.1
+        assert (got == want).mean() >= 0.97
 
 
 def test_folded_head_matches_the_original_head(tiny):
@@ -194,7 +204,52 @@ def test_fold_head_defaults_on_cpu_and_agrees_with_the_exact_path(model_dir):
     assert patch_conv.is_contiguous(memory_format=torch.channels_last) and not patch_conv.is_contiguous()
     images = [rgb(20 + i, 64, 48) for i in range(3)]
     for want, got in zip(exact.predict(images), folded.predict(images)):
+        assert_several_classes(want)
         assert got.shape == want.shape and (got == want).mean() > 0.99
+
+
+# ---------------------------------------------------------------- runners
+
+
+class NumpyRunner:
+    """A runner that is no torch module: a plain callable from pixel values to logits, with device
+    and dtype, returning numpy as ONNX Runtime or OpenVINO would."""
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def __init__(self, model):
+        self.net, self.shapes = model, []
+
+    def __call__(self, pixel_values):
+        self.shapes.append(tuple(pixel_values.shape))
+        with torch.no_grad():
+            return self.net(pixel_values=pixel_values).logits.numpy()
+
+
+@pytest.mark.parametrize("mode,scale,options", [("whole", SCALE, {}),
+                                               ("slide", 64, {"crop_size": 32, "stride": 24, "batch_size": 4})])
+def test_a_custom_runner_gives_the_label_maps_of_the_torch_model(tiny, tmp_path, mode, scale, options):
+    images = [rgb(6, 64, 48), rgb(10, 64, 48), rgb(2, 45, 30)]
+    runner = NumpyRunner(tiny)
+    custom = Segmenter(runner, processor(scale), LabelSet.numbered(3), mode=mode, **options)
+    direct = Segmenter(tiny, processor(scale), LabelSet.numbered(3), mode=mode, **options)
+    assert custom.runner is runner and custom.model is None and direct.model is tiny
+    got, want = custom.predict(images, probabilities=True), direct.predict(images, probabilities=True)
+    for (label_map, probs), (want_map, want_probs) in zip(got, want):
+        assert_several_classes(want_map, least=3)
+        assert np.array_equal(label_map, want_map) and np.array_equal(probs, want_probs)
+    if mode == "slide":  # 85 x 64 and 96 x 64 at the training scale: 3 x 4 windows each, 4 per call
+        assert set(runner.shapes) == {(4, 3, 32, 32)} and len(runner.shapes) == 3 * 3
+    else:
+        assert {shape[-2:] for shape in runner.shapes} == {(32, 42), (32, 48)}
+    with pytest.raises(SegtuneError, match="--fold-head: only for SegFormer models run by torch, not NumpyRunner"):
+        Segmenter(runner, processor(), LabelSet.numbered(3), fold_head=True)
+
+    Image.fromarray(images[0]).save(tmp_path / "x.png")  # the outputs need nothing but the runner
+    predict_images(custom, [tmp_path / "x.png"], tmp_path / "out", progress=False)
+    assert np.array_equal(np.array(Image.open(tmp_path / "out" / "x.png")), want[0][0])
+    summary = json.loads((tmp_path / "out" / "predict.json").read_text())
+    assert (summary["model"], summary["device"], summary["dtype"]) == (None, "cpu", "float32")
 
 
 # ---------------------------------------------------------------- TTA
@@ -204,6 +259,7 @@ def test_tta_with_one_scale_and_no_flip_equals_whole(tiny):
     image = rgb(7, 50, 34)
     whole = Segmenter(tiny, processor(), LabelSet.numbered(3), mode="whole")
     tta = Segmenter(tiny, processor(), LabelSet.numbered(3), mode="whole", tta=True, scales=(1.0,), flip=False)
+    assert_several_classes(whole(image))
     assert np.array_equal(tta(image), whole(image))
 
 
@@ -211,6 +267,7 @@ def test_tta_flip_leaves_a_flip_equivariant_model_unchanged():
     model, image = PixelModel(), rgb(8, 48, 32)
     whole = Segmenter(model, processor(), LabelSet.numbered(3), mode="whole")
     flipped = Segmenter(model, processor(), LabelSet.numbered(3), mode="whole", tta=True, scales=(1.0,), flip=True)
+    assert_several_classes(whole(image), least=3)
     assert np.array_equal(flipped(image), whole(image))
     assert np.array_equal(flipped.probabilities(image), whole.probabilities(image))
 
@@ -253,8 +310,9 @@ def test_collect_images_files_folders_globs_and_recursion(tmp_path):
 def photos(tmp_path):
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
-    for i, (name, size) in enumerate([("p0", (40, 30)), ("p1", (30, 40)), ("sub/p2", (40, 30))]):
-        Image.fromarray(rgb(10 + i, *size)).save(folder / f"{name}.png")
+    # seeds on which the tiny model predicts all three classes (seed 12 for p2 gave one class only)
+    for name, size, seed in [("p0", (40, 30), 10), ("p1", (30, 40), 11), ("sub/p2", (40, 30), 17)]:
+        Image.fromarray(rgb(seed, *size)).save(folder / f"{name}.png")
     return folder
 
 
@@ -269,6 +327,7 @@ def test_predict_command_writes_every_output(model_dir, photos, tmp_path):
     for name, record in zip(("p0", "p1", "sub/p2"), records):
         image = np.array(Image.open(photos / f"{name}.png"))
         want = segmenter(image)
+        assert_several_classes(want)
         label_png = Image.open(out / f"{name}.png")
         assert label_png.mode == "P" and np.array_equal(np.array(label_png), want)
         assert np.array_equal(np.array(Image.open(out / "color" / f"{name}.png")), segmenter.labels.colors[want])

@@ -15,7 +15,8 @@ from PIL import Image
 from segtune.cli import main
 from segtune.evaluate import EvalDataset, evaluate_model
 from segtune.metrics import ConfusionMatrix
-from segtune.report import ImageScores, normalised_confusion, read_log, write_report
+from segtune.report import ImageScores, write_report
+from segtune.report_charts import _series, normalised_confusion, read_log
 from segtune.sources import load_data
 from segtune.transforms import ProcessorTransform
 
@@ -90,8 +91,6 @@ def test_normalised_confusion_rows_sum_to_one():
 def test_read_log_keeps_the_last_record_of_a_step(tmp_path):
     (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 3}\n{"step": 2, "loss": 2}\n{"step": 2, "loss": 1.5}\n'
                                         'not json\n')
-    from segtune.report import _series
-
     assert _series(read_log(tmp_path / "log.jsonl"), "loss") == ([1, 2], [3, 1.5])
 
 
@@ -152,6 +151,20 @@ def test_report_of_an_evaluation_without_scores(tmp_path, capsys):
     assert page.count("<img ") == 1 and "Not computed" in page and "No training log" in page
     assert all(n in page for n in names) and not (tmp_path / "report" / "training_curves.png").exists()
     assert main(["report", str(tmp_path / "nothing")]) == 1 and "no metrics.json" in capsys.readouterr().err
+
+
+def test_report_page_escapes_the_user_s_text(tmp_path):
+    """Class names, captions and titles are the user's text: the template escapes them all."""
+    from segtune.labels import LabelSet
+
+    names = ["<script>alert(1)</script>", "a&b", 'say "hi"']
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "mean_iou": 0.5, "data": "/data/<x>", "per_category_iou": {n: 0.5 for n in names}}))
+    page = write_report(tmp_path, labels=LabelSet.from_names(names), title="<i>run</i>").read_text()
+    assert "<script" not in page and "<i>run" not in page and "/data/<x>" not in page
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in page and "<td>a&amp;b</td>" in page
+    assert "<td>say &#34;hi&#34;</td>" in page and "<title>segtune report: &lt;i&gt;run&lt;/i&gt;</title>" in page
+    assert "<code>/data/&lt;x&gt;</code>" in page
 
 
 def test_write_report_takes_a_pass_already_made(run, tmp_path, monkeypatch):

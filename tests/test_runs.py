@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from segtune.cli import build_parser, train_options
+from segtune.cli import parse, train_options
 from segtune.train import run_training
 
 RUN_ARGS = ["--reduce-labels", "--base-size", "64", "--crop-size", "48", "--max_steps", "8", "--eval_steps", "4",
@@ -18,8 +18,7 @@ RUN_ARGS = ["--reduce-labels", "--base-size", "64", "--crop-size", "48", "--max_
 
 def options(data, model, out, *extra):
     argv = ["train", "--data", str(data), "--model", str(model), "--output-dir", str(out), *RUN_ARGS, *extra]
-    ns, rest = build_parser().parse_known_args([str(a) for a in argv])
-    return train_options(ns, rest)
+    return train_options(parse([str(a) for a in argv])[1])
 
 
 def weights(folder):

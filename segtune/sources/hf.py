@@ -3,8 +3,8 @@
 Splits are chosen with the `datasets` split syntax ("train[:50]", "train[10%:]+validation");
 without a validation split, or with eval_split "none", the training rows are split as the seeds
 do (`train_test_split(test_size=val_split, seed=seed)`). `streaming` reads rows as they come
-(for data larger than memory or disk); those are not checked ahead, so their labels must be
-known (an id2label.json, the data file's names, or --labels).
+(for data larger than memory or disk, stream.py); those are not checked ahead, so their labels
+must be known (an id2label.json, the data file's names, or --labels).
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import logging
 import re
 from pathlib import Path
 
-import torch
-
-from .data import (BOMB_ERRORS, RowSample, SegmentationData, bombs_refused, check_sizes, decode_row,
-                   too_large)
-from .errors import SegtuneError
-from .labels import LabelSet
-from .sources import labels_beside, split_samples
+from ..data import RowSample, SegmentationData, StreamedData
+from ..errors import SegtuneError
+from ..hub import check_hub
+from ..labels import LabelSet, load_labels
+from .splits import labels_beside, with_validation
 
 log = logging.getLogger("segtune")
 
@@ -48,6 +46,8 @@ def _load(source: str, config: str | None, streaming: bool):
         if path.is_file():  # one parquet file: its rows are the training split
             return datasets.load_dataset("parquet", data_files={"train": str(path)}, streaming=streaming), path.parent
         # A folder of parquet files (split names taken from file names, as the Hub does), or a Hub name.
+        if not path.is_dir():
+            check_hub(source, "dataset")  # offline: one line at once, not 25 s of retries
         loaded = datasets.load_dataset(source, config, streaming=streaming)
         return loaded, path if path.is_dir() else None
     except SegtuneError:
@@ -61,8 +61,6 @@ def _hub_labels(name: str) -> LabelSet | None:
     """An id2label.json in the dataset repository, as the seeds read it (segments/sidewalk-semantic)."""
     try:
         from huggingface_hub import hf_hub_download
-
-        from .labels import load_labels
 
         return load_labels(hf_hub_download(name, "id2label.json", repo_type="dataset"))
     except Exception:  # no such file, or no network: classes come from elsewhere
@@ -135,7 +133,8 @@ def _streams(splits, train_spec: str | None, eval_spec: str, source: str):
 
 def load_hf(source: str, *, val_split: float = 0.2, seed: int = 42, config: str | None = None,
             train_split: str | None = None, eval_split: str | None = None, image_column: str | None = None,
-            label_column: str | None = None, streaming: bool = False) -> SegmentationData:
+            label_column: str | None = None, streaming: bool = False) -> SegmentationData | StreamedData:
+    """The rows of a `datasets` source: listed ahead (SegmentationData), or as streams (StreamedData)."""
     splits, folder = _load(source, config, streaming)
     if not splits:
         raise SegtuneError(f"{source}: the dataset has no splits")
@@ -160,10 +159,12 @@ def load_hf(source: str, *, val_split: float = 0.2, seed: int = 42, config: str 
             raise SegtuneError(f"{source}: a stream cannot be split by --val-split: name a validation split with "
                                f"--eval-split, or hold out its first N rows with --train-split '{held}[N:]' "
                                f"--eval-split '{held}[:N]'")
+        from .stream import StreamingSource  # it needs torch: imported only when a stream is read
+
         train, val = _streams(splits, train_split, eval_split, source)
         stream = StreamingSource(train=train, val=val, image_column=image_col, label_column=label_col,
                                  source=source)
-        return SegmentationData(source=source, train=[], val=[], labels=labels, streaming=stream)
+        return StreamedData(source=source, stream=stream, labels=labels)
 
     def rows(spec):
         table, origins = _select(splits, spec, source)
@@ -172,83 +173,16 @@ def load_hf(source: str, *, val_split: float = 0.2, seed: int = 42, config: str 
 
     train = rows(train_split) if train_split else []
     val = rows(eval_split) if eval_split else None
-    val_is_split = val is None
-    unsplit = (train, val_split, seed) if val_is_split else None  # --skip-bad splits the good rows again
-    if val_is_split:
-        train, val = split_samples(train, val_split, seed, source)
-    return SegmentationData(source=source, train=train, val=val, labels=labels, val_is_split=val_is_split,
-                            unsplit=unsplit)
+    return with_validation(source, train, val, val_split, seed, labels=labels)
 
 
-class StreamingSource:
-    """Train and validation streams plus the columns to read."""
-
-    def __init__(self, train, val, image_column: str, label_column: str, source: str):
-        self.train, self.val = train, val
-        self.image_column, self.label_column, self.source = image_column, label_column, source
-
-    def dataset(self, split: str, transform, rules, skip_bad: bool = False, shuffle_seed: int | None = None):
-        """A torch IterableDataset over one split; for "val", this rank's shard only.
-
-        The training stream is whole on every rank: the Trainer's accelerate wraps it in an
-        IterableDatasetShard that gives each rank its own batches of it (pre-sharding it here
-        would make each rank keep only its share of its own shard, dropping most rows). The
-        validation stream is scored by evaluate.evaluate_model, which expects its rank's shard.
-        """
-        stream = getattr(self, split)
-        if split == "val" and torch.distributed.is_available() and torch.distributed.is_initialized():
-            from datasets.distributed import split_dataset_by_node
-
-            stream = split_dataset_by_node(
-                stream, torch.distributed.get_rank(), torch.distributed.get_world_size()
-            )
-        if shuffle_seed is not None:
-            stream = stream.shuffle(seed=shuffle_seed, buffer_size=256)
-        return StreamDataset(stream, self, split, transform, rules, skip_bad)
-
-
-class StreamDataset(torch.utils.data.IterableDataset):
-    """Rows of a stream turned into model inputs; a bad row names itself (or is skipped)."""
-
-    def __init__(self, stream, source: StreamingSource, split: str, transform, rules, skip_bad: bool):
-        self.stream, self.source, self.split = stream, source, split
-        self.transform, self.rules, self.skip_bad = transform, rules, skip_bad
-        self.for_eval = split == "val"
-
-    def set_epoch(self, epoch: int):  # reshuffles each epoch (the Trainer calls this)
-        if hasattr(self.stream, "set_epoch"):
-            self.stream.set_epoch(epoch)
-
-    def __iter__(self):
-        rows = iter(self.stream)
-        index = -1
-        while True:
-            index += 1
-            name = f"{self.source.source}[{self.split}] row {index}"
-            try:
-                try:
-                    with bombs_refused():
-                        row = next(rows)  # `datasets` decodes the images here
-                except StopIteration:
-                    return
-                except BOMB_ERRORS:
-                    raise too_large(name, "an image") from None
-                except Exception as e:  # a broken file inside the stream: name its row
-                    raise SegtuneError(f"{name}: cannot decode ({type(e).__name__}: {e})") from None
-                image, mask = decode_row(row, self.source.image_column, self.source.label_column, name, self.rules)
-                check_sizes(_Named(name), image, mask)
-            except SegtuneError as e:
-                if not self.skip_bad:
-                    raise
-                log.warning("segtune: skipped %s", e)
-                continue
-            if self.for_eval:
-                yield {"pixel_values": self.transform(image), "labels": torch.from_numpy(mask), "index": index}
-            else:
-                pixel_values, labels = self.transform(image, mask)
-                yield {"pixel_values": pixel_values, "labels": labels}
-
-
-class _Named:
-    def __init__(self, name):
-        self.mask_name = name
+def is_hf_source(path: Path) -> bool:
+    """A local `datasets` source: a save_to_disk folder, a parquet file, or a folder of parquet files."""
+    if path.is_file():
+        return path.suffix.lower() == ".parquet"
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return True
+    # Parquet where the Hub keeps it (top level or data/), and not an image folder holding a stray export.
+    if (path / "images").is_dir() and (path / "annotations").is_dir():
+        return False
+    return any(path.glob("*.parquet")) or any((path / "data").rglob("*.parquet"))

@@ -1,0 +1,375 @@
+"""Running a segmentation model on images: label maps, probabilities, overlays (no files written).
+
+Three ways to turn an image into class ids (MMSegmentation's test modes):
+
+- `whole`: the saved processor's preprocessing, logits upsampled bilinearly to the image size,
+  argmax: exactly what plain transformers gives (`post_process_semantic_segmentation`).
+- `slide`: the image resized so its short side is the training scale, then overlapping
+  `crop_size` windows every `stride` pixels (the last ones shifted back inside the image, as
+  MMSeg's `slide_inference` does); each window's logits are upsampled to the window, summed,
+  divided by the number of windows covering each pixel, then upsampled to the image size.
+- `auto`: `slide` where the image, resized to the training scale, is more than `SLIDE_RATIO`
+  crops long (panoramas, strips), else `whole`.
+
+Test-time augmentation (`tta=True`) averages softmax probabilities over `scales` (ratios of the
+training scale) and horizontal flips, each flipped back first, as MMSeg's `aug_test` does.
+
+Images of equal preprocessed shape are batched (images are never padded: padding would change
+the attention and so the output); decoding and preprocessing run in worker threads while the
+model runs.
+
+The model is reached through a runner (`segtune.runners.Runner`), so another engine can replace torch without
+touching the modes or the outputs: a callable from a (B, 3, h, w) float32 CPU tensor of pixel
+values, as the processor gives them, to (B, C, h', w') logits (a tensor or array of any float
+dtype), with `device` (a torch.device: where the logits are upsampled and averaged) and `dtype`
+(the torch.dtype it computes in, for reports). `TorchRunner` runs a transformers model, and
+alone supports head folding and channels-last.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import read_image, to_rgb
+from .errors import SegtuneError
+from .labels import LabelSet, load_labels
+from .model import load_processor
+from .postprocess import class_argmax, upsampled_argmax
+from .runners import TorchRunner, resolve_device, resolve_dtype
+
+MODES = ("auto", "whole", "slide")
+DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # MMSeg's aug_test img_ratios
+SLIDE_RATIO = 2.0  # auto: slide when the resized image's long side exceeds this many crops
+
+
+# ---------------------------------------------------------------- sliding windows
+
+
+def slide_windows(height: int, width: int, crop: int | tuple[int, int], stride: int | tuple[int, int]):
+    """(y1, y2, x1, x2) windows covering a height x width input, MMSeg's `slide_inference` grid:
+    a window every `stride` pixels, the last one in each direction shifted back to end at the
+    border; every window is min(crop, size) in each direction, so all have one shape."""
+    ch, cw = (crop, crop) if isinstance(crop, int) else crop
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    if min(ch, cw, sh, sw) <= 0:
+        raise ValueError(f"crop {crop} and stride {stride} must be positive")
+    rows = max(height - ch + sh - 1, 0) // sh + 1
+    cols = max(width - cw + sw - 1, 0) // sw + 1
+    windows = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * sh + ch, height), min(c * sw + cw, width)
+            windows.append((max(y2 - ch, 0), y2, max(x2 - cw, 0), x2))
+    return windows
+
+
+def window_counts(height: int, width: int, windows) -> np.ndarray:
+    """How many windows cover each pixel (the divisor of the summed logits)."""
+    counts = np.zeros((height, width), dtype=np.int64)
+    for y1, y2, x1, x2 in windows:
+        counts[y1:y2, x1:x2] += 1
+    return counts
+
+
+# ---------------------------------------------------------------- the segmenter
+
+
+@dataclass
+class _Item:
+    """One image, preprocessed: `inputs` holds (scale ratio, (3, h, w) pixel values) per scale."""
+
+    key: object
+    image: object  # PIL RGB, kept for drawing
+    size: tuple[int, int]  # (H, W)
+    mode: str  # "whole" or "slide"
+    inputs: list
+
+    @property
+    def batchable(self) -> bool:
+        return self.mode == "whole" and len(self.inputs) == 1
+
+
+def _as_image(image):
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        return read_image(Path(image))
+    if isinstance(image, np.ndarray):
+        return to_rgb(Image.fromarray(image))
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    raise TypeError(f"expected a PIL image, an (H, W, 3) uint8 array or a path, got {type(image).__name__}")
+
+
+def prefetch(fn, iterable: Iterable, workers: int, depth: int) -> Iterator:
+    """`map(fn, iterable)` in `workers` threads, in order, at most `depth` calls ahead."""
+    if workers <= 0:
+        yield from map(fn, iterable)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="segtune-read")
+    futures = deque()
+    try:
+        for x in iterable:
+            futures.append(pool.submit(fn, x))
+            if len(futures) >= depth:
+                yield futures.popleft().result()
+        while futures:
+            yield futures.popleft().result()
+    finally:
+        for f in futures:
+            f.cancel()
+        pool.shutdown(wait=True)
+
+
+class Segmenter:
+    """A model plus its saved processor: image in, (H, W) class ids out.
+
+    `model`: a transformers model (run by a TorchRunner) or any Runner. `segmenter(image)` takes a
+    PIL image, an (H, W, 3) uint8 array or a path; `predict(images)` batches; `probabilities(image)`
+    gives (C, H, W) class probabilities; `overlay(image)` draws.
+    """
+
+    def __init__(self, model, processor, labels: LabelSet, *, mode: str = "auto", crop_size: int | None = None,
+                 stride: int | None = None, tta: bool = False, scales: Iterable[float] = DEFAULT_SCALES,
+                 flip: bool = True, batch_size: int | None = None, num_workers: int = 2,
+                 channels_last: bool | None = None, fold_head: bool = False):
+        if mode not in MODES:
+            raise SegtuneError(f"--mode {mode}: choose {', '.join(MODES)}")
+        self.runner = TorchRunner(model) if isinstance(model, torch.nn.Module) else model
+        self.processor, self.labels = processor, labels
+        self.mode, self.tta, self.flip = mode, bool(tta), bool(flip)
+        self.scales = tuple(float(s) for s in scales) if tta else (1.0,)
+        if not self.scales or min(self.scales) <= 0:
+            raise SegtuneError(f"--tta-scales {' '.join(map(str, scales))}: give positive ratios")
+        cpu = self.device.type == "cpu"
+        if batch_size is None:  # measured on 2 CPU cores, mit-b0 at 683x512 (benchmarks/README.md); GPUs want more
+            batch_size = 16 if self.device.type == "cuda" else 1 if (cpu and fold_head) else 4
+        if batch_size < 1:
+            raise SegtuneError(f"--batch-size {batch_size}: must be at least 1")
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.scale = training_scale(processor)
+        self.crop_size = crop_size or self.scale or 512
+        self.stride = stride or max(1, round(self.crop_size * 2 / 3))
+        if self.crop_size < 1 or self.stride < 1 or self.stride > self.crop_size:
+            raise SegtuneError(f"--crop-size {self.crop_size} --stride {self.stride}: need 0 < stride <= crop size "
+                               "(windows must overlap or touch)")
+        torch_runner = isinstance(self.runner, TorchRunner)
+        if fold_head and not (torch_runner and self.runner.fold_head()):
+            name = type(self.model if torch_runner else self.runner).__name__
+            raise SegtuneError(f"--fold-head: only for SegFormer models run by torch, not {name}")
+        self.fold_head = bool(fold_head)
+        # Channels-last: faster on CUDA, and on CPU for the folded head (16% less CPU per image here);
+        # on CPU it changes float rounding and slows the unfolded head, so the exact path stays as is.
+        if channels_last is None:
+            channels_last = torch_runner and (self.device.type == "cuda" or (cpu and self.fold_head))
+        if channels_last and not torch_runner:
+            raise SegtuneError(f"channels-last: only for torch models, not {type(self.runner).__name__}")
+        self.channels_last = bool(channels_last)
+        if channels_last:
+            self.runner.use_channels_last()
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, device: str = "auto", trust_remote_code: bool = False,
+                        dtype: str | torch.dtype | None = None, **options) -> Segmenter:
+        """Loads a model folder (or Hub id), its processor and its labels; `options` as in __init__."""
+        from transformers import AutoModelForSemanticSegmentation
+
+        from .hub import check_hub
+
+        dev, dt = resolve_device(device), resolve_dtype(dtype)
+        check_hub(model_dir)  # offline: one line at once, not 25 s of retries
+        try:
+            model = AutoModelForSemanticSegmentation.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        except OSError as e:
+            raise SegtuneError(f"{model_dir}: cannot load model: {str(e).splitlines()[0]}") from None
+        labels_file = Path(model_dir, "labels.json")
+        labels = load_labels(labels_file) if labels_file.is_file() else LabelSet.from_id2label(model.config.id2label)
+        return cls(model.to(device=dev, dtype=dt), load_processor(model_dir), labels, **options)
+
+    @property
+    def model(self):
+        """The torch model a TorchRunner runs (the runner's `model`, or None, for other runners)."""
+        return getattr(self.runner, "model", None)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.runner.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.runner.dtype
+
+    # ------------------------------------------------------------ public API
+
+    def __call__(self, image) -> np.ndarray:
+        """(H, W) int64 class ids for one image."""
+        return self.predict([image])[0]
+
+    def predict(self, images: Iterable, *, probabilities: bool = False) -> list:
+        """Class ids for each image, in order; with `probabilities`, (label map, (C, H, W) float32) pairs."""
+        results = {}
+        items = prefetch(lambda pair: self.prepare(pair[1], key=pair[0]), enumerate(images),
+                         self.num_workers, depth=2 * self.batch_size + self.num_workers)
+        for item, label_map, probs in self.run(items, probabilities=probabilities):
+            results[item.key] = (label_map, probs) if probabilities else label_map
+        return [results[i] for i in range(len(results))]
+
+    def probabilities(self, image) -> np.ndarray:
+        """(C, H, W) float32 class probabilities at the image size (averaged over augmentations with TTA)."""
+        return self.predict([image], probabilities=True)[0][1]
+
+    def overlay(self, image, label_map: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
+        """The class colours blended over the image, (H, W, 3) uint8; predicts when no label map is given."""
+        from .visualize import overlay
+
+        image = _as_image(image)
+        if label_map is None:
+            label_map = self(image)
+        return overlay(image, label_map, self.labels.colors, alpha=alpha)
+
+    # ------------------------------------------------------------ preprocessing (thread-safe)
+
+    def mode_for(self, height: int, width: int) -> str:
+        if self.mode != "auto":
+            return self.mode
+        ratio = self.scale / min(height, width) if self.scale else 1.0
+        return "slide" if max(height, width) * ratio > SLIDE_RATIO * self.crop_size else "whole"
+
+    def prepare(self, image, key=None) -> _Item:
+        """Decodes (if a path) and preprocesses one image: the part that runs in worker threads."""
+        image = _as_image(image)
+        height, width = image.height, image.width
+        mode = self.mode_for(height, width)
+        inputs = [(ratio, self._pixel_values(image, ratio, keep_aspect=mode == "slide")) for ratio in self.scales]
+        return _Item(key, image, (height, width), mode, inputs)
+
+    def _pixel_values(self, image, ratio: float, keep_aspect: bool) -> torch.Tensor:
+        kwargs = {}
+        if ratio != 1.0 or (keep_aspect and self.scale and not _shortest_edge(self.processor)):
+            kwargs = self._resize_kwargs(image, ratio, keep_aspect)
+        return self.processor(images=image, return_tensors="pt", **kwargs)["pixel_values"][0]
+
+    def _resize_kwargs(self, image, ratio: float, keep_aspect: bool) -> dict:
+        def scaled(n):
+            return max(1, round(n * ratio))
+
+        if self.scale is None:  # the processor does not resize: scale the image itself
+            return {"do_resize": True, "size": {"height": scaled(image.height), "width": scaled(image.width)}}
+        if keep_aspect or _shortest_edge(self.processor):
+            return {"size": {"shortest_edge": scaled(self.scale)}}
+        height, width = _fixed_size(self.processor)
+        return {"size": {"height": scaled(height), "width": scaled(width)}}
+
+    # ------------------------------------------------------------ the model
+
+    def _logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) float32 logits on the device, whatever the runner returns."""
+        return torch.as_tensor(self.runner(pixel_values)).to(self.device).float()
+
+    @torch.inference_mode()
+    def run(self, items: Iterable[_Item], *, probabilities: bool = False) -> Iterator:
+        """(item, (H, W) int64 label map, (C, H, W) float32 probabilities or None) per item, in
+        completion order: batchable items wait for a full batch of their shape."""
+        pending: dict[tuple, list] = {}
+        for item in items:
+            if not item.batchable:
+                yield item, *self._one(item, probabilities)
+                continue
+            shape = tuple(item.inputs[0][1].shape)
+            pending.setdefault(shape, []).append(item)
+            if len(pending[shape]) >= self.batch_size:
+                yield from self._batch(pending.pop(shape), probabilities)
+            elif sum(map(len, pending.values())) >= 4 * self.batch_size:  # many shapes: bound the memory
+                yield from self._batch(pending.pop(next(iter(pending))), probabilities)
+        for group in pending.values():
+            yield from self._batch(group, probabilities)
+
+    def _batch(self, items: list[_Item], probabilities: bool):
+        """Whole mode, one shape: one forward pass, then each image's upsampling and argmax."""
+        logits = self._logits(torch.stack([item.inputs[0][1] for item in items]))
+        for item, item_logits in zip(items, logits):
+            if probabilities:
+                scores = F.interpolate(item_logits[None], size=item.size, mode="bilinear", align_corners=False)[0]
+                yield item, class_argmax(scores).cpu().numpy(), scores.softmax(0).cpu().numpy()
+            else:
+                yield item, upsampled_argmax(item_logits, item.size).cpu().numpy(), None
+
+    def _one(self, item: _Item, probabilities: bool):
+        """Slide mode and/or TTA: scores at the image size, softmax-averaged over augmentations."""
+        flips = (False, True) if self.tta and self.flip else (False,)
+        total, count = None, 0
+        for _, pixel_values in item.inputs:
+            for logits in self._augmented_logits(pixel_values, flips, item.mode):
+                scores = F.interpolate(logits[None], size=item.size, mode="bilinear", align_corners=False)[0]
+                if not self.tta:
+                    return class_argmax(scores).cpu().numpy(), scores.softmax(0).cpu().numpy() if probabilities else None
+                total = scores.softmax(0) if total is None else total.add_(scores.softmax(0))
+                count += 1
+        probs = total / count
+        return class_argmax(probs).cpu().numpy(), probs.cpu().numpy() if probabilities else None
+
+    def _augmented_logits(self, pixel_values: torch.Tensor, flips, mode: str):
+        """Logits (C, h, w) of the input and of its mirror image, each mirrored back."""
+        if mode == "whole":
+            batch = torch.stack([pixel_values.flip(-1) if f else pixel_values for f in flips])
+            for f, logits in zip(flips, self._logits(batch)):
+                yield logits.flip(-1) if f else logits
+        else:
+            for f in flips:
+                logits = self._slide(pixel_values.flip(-1) if f else pixel_values)
+                yield logits.flip(-1) if f else logits
+
+    def _slide(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Window logits, each upsampled to its window, summed and divided by the coverage count.
+        An input that fits in one window is run whole (so slide equals whole there)."""
+        height, width = pixel_values.shape[-2:]
+        windows = slide_windows(height, width, self.crop_size, self.stride)
+        if len(windows) == 1:
+            return self._logits(pixel_values[None])[0]
+        total, count = None, torch.zeros((1, height, width), device=self.device)
+        for start in range(0, len(windows), self.batch_size):
+            chunk = windows[start : start + self.batch_size]
+            crops = torch.stack([pixel_values[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+            logits = F.interpolate(self._logits(crops), size=crops.shape[-2:], mode="bilinear", align_corners=False)
+            if total is None:
+                total = torch.zeros((logits.shape[1], height, width), device=self.device)
+            for (y1, y2, x1, x2), window_logits in zip(chunk, logits):
+                total[:, y1:y2, x1:x2] += window_logits
+                count[:, y1:y2, x1:x2] += 1
+        return total / count
+
+
+# ---------------------------------------------------------------- the processor's size
+
+
+def _shortest_edge(processor) -> int | None:
+    size = getattr(processor, "size", None)
+    if size is None:
+        return None
+    value = size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", None)
+    return int(value) if value else None
+
+
+def _fixed_size(processor) -> tuple[int | None, int | None]:
+    size = getattr(processor, "size", None)
+    if isinstance(size, dict):
+        return size.get("height"), size.get("width")
+    return getattr(size, "height", None), getattr(size, "width", None)
+
+
+def training_scale(processor) -> int | None:
+    """The short side the model sees: the processor's shortest_edge, or its fixed size's smaller side."""
+    if not getattr(processor, "do_resize", True):
+        return None
+    if (edge := _shortest_edge(processor)) is not None:
+        return edge
+    height, width = _fixed_size(processor)
+    return min(height, width) if height and width else None
