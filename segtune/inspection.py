@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import blocking_problems, scan
+from .checks import apply_label_options, blocking_problems, scan
 from .data import StreamedData
 from .errors import SegtuneError
 from .label_checks import WARNING, binary_labels, label_findings, problem_lines
@@ -120,19 +120,15 @@ def _print_summary(report: dict) -> None:
               else "no problems found: ready to train")
 
 
-def inspect_data(data_path, out_dir: Path, *, labels=None, reduce_labels=None, ignore_index=None, val_split=0.2,
-                 seed=42, num_samples=8, source_options=None, binary=None) -> dict:
+def inspect_data(opts) -> dict:
+    """`opts` a segtune.options.InspectOptions: reads every pair once, writes inspect.json and inspect.png."""
     from tqdm.auto import tqdm
 
-    data = load_data(data_path, val_split=val_split, seed=seed, **(source_options or {}))
+    data_path, out_dir, labels = opts.data, Path(opts.output_dir), opts.labels
+    data = load_data(data_path, val_split=opts.val_split, seed=opts.seed, **opts.source_kwargs())
     if isinstance(data, StreamedData):
         raise SegtuneError(f"{data_path}: inspect reads every pair; it does not take --streaming")
-    if reduce_labels is not None:
-        data.reduce_labels = reduce_labels
-    if ignore_index is not None:
-        data.ignore_index = ignore_index
-    if binary is not None:
-        data.binary = binary
+    apply_label_options(data, opts)
     label_set = load_labels(labels) if labels else data.labels or (binary_labels() if data.binary else None)
     data.read_colours_of(label_set)
     num_classes = len(label_set) if label_set is not None else None
@@ -166,10 +162,9 @@ def inspect_data(data_path, out_dir: Path, *, labels=None, reduce_labels=None, i
         "blocking_problems": problems,
         "findings": [f.to_json() for f in findings],  # label checks: code, severity, message
     }
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "inspect.json").write_text(json.dumps(report, indent=2))
-    _sample_grid(data, label_set, out_dir / "inspect.png", num_samples)
+    _sample_grid(data, label_set, out_dir / "inspect.png", opts.samples)
     _print_summary(report)
     print(f"written: {out_dir / 'inspect.json'}, {out_dir / 'inspect.png'}")
     return report
@@ -177,9 +172,7 @@ def inspect_data(data_path, out_dir: Path, *, labels=None, reduce_labels=None, i
 
 def run_inspection(opts) -> dict:
     """`segtune inspect`: `opts` a segtune.options.InspectOptions; a blocking problem is an error (exit 1)."""
-    report = inspect_data(opts.data, Path(opts.output_dir), labels=opts.labels, reduce_labels=opts.reduce_labels,
-                          ignore_index=opts.ignore_index, val_split=opts.val_split, seed=opts.seed,
-                          num_samples=opts.samples, source_options=opts.source_kwargs(), binary=opts.binary)
+    report = inspect_data(opts)
     if report["blocking_problems"]:
         raise SegtuneError(f"{len(report['blocking_problems'])} problem(s) would stop training "
                            f"(listed above and in {Path(opts.output_dir) / 'inspect.json'})")
