@@ -40,7 +40,7 @@ def segtune_dataset(data_path, crop_size: int):
     from segtune.data import StreamedData
     from segtune.model import training_processor
     from segtune.sources import load_data
-    from segtune.train import TrainDataset
+    from segtune.training import TrainDataset
     from segtune.transforms import AugmentConfig, train_transform
 
     data = load_data(data_path)
@@ -60,7 +60,7 @@ def training_order(dataset, num_samples: int, seed: int) -> list[int]:
     which puts the epoch inside the index so each epoch's augmentation differs), else plain
     shuffles of range(n) as the Trainer's default RandomSampler gives.
     """
-    from segtune import train
+    from segtune import training as train
 
     n, order, epoch = len(dataset), [], 0
     epoch_sampler = getattr(sys.modules.get("segtune.trainer"), "EpochSampler", None)
@@ -82,7 +82,7 @@ def training_order(dataset, num_samples: int, seed: int) -> list[int]:
 def make_loader(dataset, workers: int, num_samples: int, seed: int) -> DataLoader:
     """A loader as the Trainer builds one from segtune's defaults (batch 2, training order, default
     collator, pinned memory and persistent workers on GPU), for `num_samples` samples."""
-    from segtune.train import TRAINING_DEFAULTS
+    from segtune.training import TRAINING_DEFAULTS
 
     return DataLoader(
         dataset,
@@ -203,7 +203,7 @@ def model_section(dataset, labels, ignore_index, steps: int, warmup: int, rounds
     figures are those of the steps during which others used at most `max_others` of the CPUs.
     While either side has fewer than `steps` such steps, more rounds run, up to `budget_s` seconds."""
     from segtune.model import load_model
-    from segtune.train import TRAINING_DEFAULTS
+    from segtune.training import TRAINING_DEFAULTS
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = TRAINING_DEFAULTS["dataloader_num_workers"]

@@ -138,7 +138,7 @@ def run_side(side: str, data_file: str, model_dir: str, size: int, limit: int) -
         mean_iou = metrics["eval_mean_iou"]
         pixels = (size, size)
     else:
-        import segtune.evaluate as ev
+        import segtune.evaluation as ev
         from benchmarks.seed import seed_processor
         from segtune.model import training_processor
         from segtune.transforms import ProcessorTransform

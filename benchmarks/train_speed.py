@@ -102,7 +102,7 @@ NO_EVAL = dict(eval_strategy="no", save_strategy="no", load_best_model_at_end=Fa
 
 def run_segtune(data: str, out: Path, max_steps: int, seed: int, timer: StepTimer) -> None:
     """`segtune train --data DATA --model mit-b0 --max_steps N` with evaluation and saving off."""
-    from segtune.train import TrainOptions, run_training
+    from segtune.training import TrainOptions, run_training
 
     logging.getLogger("segtune").setLevel(logging.ERROR)  # "random weights" is the point here
     opts = TrainOptions(data=data, output_dir=out, model="mit-b0", report=False, callbacks=[timer],

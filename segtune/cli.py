@@ -83,7 +83,7 @@ class Command:
 def _train_types():
     from transformers import TrainingArguments
 
-    from .train import TrainOptions
+    from .training import TrainOptions
     from .transforms import AugmentConfig
 
     return TrainOptions, AugmentConfig, TrainingArguments
@@ -103,6 +103,8 @@ COMMANDS = {
                                                    "output folder")),)),
     "inspect": Command("count, measure and check a dataset before training", (o.InspectOptions,),
                        output_dir="runs/inspect"),
+    "export": Command("export a model to ONNX and check it against torch", (o.ExportOptions,)),
+    "serve": Command("an HTTP API and a web page for a model (docs/serve.md)", (o.ServeOptions,)),
 }
 
 
@@ -128,7 +130,7 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
         else:  # the defaults a user gets, in --help (set_defaults would also fill the given_only namespace)
             p.set_defaults(output_dir=cmd.output_dir)
             if name == "train":
-                from .train import RECIPE_DEFAULTS, TRAINING_DEFAULTS
+                from .training import RECIPE_DEFAULTS, TRAINING_DEFAULTS
 
                 p.set_defaults(**TRAINING_DEFAULTS, **RECIPE_DEFAULTS)
     return parser
@@ -138,7 +140,7 @@ def parse(argv: list[str]) -> tuple[str, dict]:
     """-> (command, the options given on the command line, by field name)."""
     full, unknown = build_parser().parse_known_args(argv)  # --help and usage errors, with real defaults
     if unknown:
-        raise SegtuneError(f"unknown option(s): {' '.join(unknown)} (see segtune {full.command} --help)")
+        raise unknown_options(full.command, unknown)
     given = vars(build_parser(given_only=True).parse_known_args(argv)[0])
     command = given.pop("command")
     if full.output_dir is not None:
@@ -173,7 +175,7 @@ def train_options(given: dict):
             if key not in ours_names | aug_names | ta_names or key in ("training", "augment", "callbacks"):
                 raise SegtuneError(f"{values['config']}: unknown option '{key}'")
             values.setdefault(key, value)
-    ours = {k: v for k, v in values.items() if k in ours_names}
+    ours = _declared(train_type, {k: v for k, v in values.items() if k in ours_names})
     augment = {k: v for k, v in values.items() if k in aug_names}
     training = {k: v for k, v in values.items() if k in ta_names - ours_names}
     if not ours.get("data"):
@@ -198,47 +200,114 @@ def _options(cls, given: dict, required: tuple = ()):
     for name in required:
         if given.get(name) in (None, ""):
             raise SegtuneError(f"--{name.replace('_', '-')} is required")
-    return cls(**{k: v for k, v in given.items() if k in _fields(cls)})
+    return cls(**_declared(cls, {k: v for k, v in given.items() if k in _fields(cls)}))
 
 
-# ---------------------------------------------------------------- commands
+def _declared(cls, values: dict) -> dict:
+    """Python callers' paths as the fields declare them: text for a str field, a Path for a Path one."""
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for key, value in values.items():
+        choices = typing.get_args(hints.get(key)) if typing.get_origin(hints.get(key)) is typing.Literal else ()
+        if choices and value not in choices:  # as argparse refuses it on the command line
+            raise SegtuneError(f"argument --{key.replace('_', '-')}: invalid choice: {value!r} (choose from "
+                               f"{', '.join(map(repr, choices))})")
+        if isinstance(value, str) and hints.get(key) in (Path, Path | None):
+            out[key] = Path(value)
+        elif isinstance(value, Path) and hints.get(key) in (str, str | None):
+            out[key] = str(value)
+    return out
+
+
+# ---------------------------------------------------------------- options by name: the CLI's and Python's
+
+REQUIRED = {"evaluate": ("data",), "predict": ("model", "output_dir"), "inspect": ("data",),
+            "export": ("model", "output_dir")}
+
+
+def option_names(command: str) -> set[str]:
+    """Every option `command` takes, by field name (for train, TrainingArguments' and AugmentConfig's
+    too), and its positional arguments (inputs, run_dir)."""
+    cmd = COMMANDS[command]
+    return _fields(*(_train_types() if command == "train" else cmd.types)) | {name for name, _ in cmd.positional}
+
+
+def unknown_options(command: str, names) -> SegtuneError:
+    """The one line for options `command` does not take, typed on the command line or given as keywords."""
+    return SegtuneError(f"unknown option(s): {' '.join(names)} (see segtune {command} --help)")
+
+
+def command_options(command: str, given: dict):
+    """The options object `command`'s run_* function takes, from options by field name: the command
+    line's (typed by `parse`) or a Python caller's keywords (segtune.api). Defaults, required options
+    and their checks live here once, for both."""
+    cmd = COMMANDS[command]
+    given = dict(given)
+    if cmd.output_dir is not None:
+        given.setdefault("output_dir", Path(cmd.output_dir))
+    if command == "train":
+        return train_options(given)
+    opts = _options(cmd.types[0], given, required=REQUIRED.get(command, ()))
+    if command == "evaluate" and (opts.model is None) == (opts.predictions is None):
+        raise SegtuneError("give one of --model (a model to run) or --predictions (a folder of label PNGs)")
+    return opts
+
+
+# ---------------------------------------------------------------- commands: thin callers of segtune.api
+
+
+def _rest(given: dict, positional: str) -> dict:
+    return {k: v for k, v in given.items() if k != positional}
 
 
 def cmd_train(given: dict) -> None:
-    from .train import is_main_process, run_training
+    from . import api
+    from .training import is_main_process
 
-    opts = train_options(given)
-    metrics = run_training(opts)
+    run = api.train(**given)
     if is_main_process():
-        print(f"mean IoU {metrics['mean_iou']:.4f}; model saved to {opts.output_dir}")
+        print(f"mean IoU {run.metrics['mean_iou']:.4f}; model saved to {run.model_dir}")
 
 
 def cmd_evaluate(given: dict) -> None:
-    from .evaluate import run_evaluation
+    from . import api
 
-    opts = _options(o.EvaluateOptions, given, required=("data",))
-    if (opts.model is None) == (opts.predictions is None):
-        raise SegtuneError("give one of --model (a model to run) or --predictions (a folder of label PNGs)")
-    run_evaluation(opts)
+    api.evaluate(**given)
 
 
 def cmd_predict(given: dict) -> None:
-    from .predict import run_prediction
+    from . import api
 
-    run_prediction(_options(o.PredictOptions, given, required=("model", "output_dir")), given["inputs"])
+    api.predict(given["inputs"], **_rest(given, "inputs"))
 
 
 def cmd_report(given: dict) -> None:
-    from .report import run_report
+    from . import api
 
-    path = run_report(_options(o.ReportOptions, given), given["run_dir"])
+    path = api.report(given["run_dir"], **_rest(given, "run_dir")).path
     print(f"report written to {path} (pictures in {path.parent / 'report'})")
 
 
 def cmd_inspect(given: dict) -> None:
-    from .inspection import run_inspection
+    from . import api
+    from .inspection import blocking_error
 
-    run_inspection(_options(o.InspectOptions, given, required=("data",)))
+    result = api.inspect(**given)
+    error = blocking_error(result.data, result.output_dir)
+    if error is not None:
+        raise error
+
+
+def cmd_export(given: dict) -> None:
+    from . import api
+
+    api.export(**given)
+
+
+def cmd_serve(given: dict) -> None:
+    from .serve import run_serve
+
+    run_serve(_options(o.ServeOptions, given, required=("model",)))
 
 
 def cmd_demo(given: dict) -> None:
@@ -249,7 +318,8 @@ def cmd_demo(given: dict) -> None:
 
 
 HANDLERS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "inspect": cmd_inspect,
-            "demo": cmd_demo, "report": cmd_report}
+            "demo": cmd_demo, "report": cmd_report, "export": cmd_export,
+            "serve": cmd_serve}
 
 
 def _one_line(error: BaseException) -> str:

@@ -28,8 +28,8 @@ def _claim_output_dir(out: Path) -> None:
 def run_demo(out: Path, seed: int = 0) -> dict:
     from .data import MaskRules
     from .inference import Segmenter
-    from .predict import predict_images
-    from .train import TrainOptions, run_training
+    from .prediction import predict_images
+    from .training import TrainOptions, run_training
     from .transforms import AugmentConfig
 
     start = time.time()

@@ -23,7 +23,8 @@ touching the modes or the outputs: a callable from a (B, 3, h, w) float32 CPU te
 values, as the processor gives them, to (B, C, h', w') logits (a tensor or array of any float
 dtype), with `device` (a torch.device: where the logits are upsampled and averaged) and `dtype`
 (the torch.dtype it computes in, for reports). `TorchRunner` runs a transformers model, and
-alone supports head folding and channels-last.
+alone supports head folding and channels-last; `segtune.runners_onnx` runs an exported model
+(`segtune export`) with ONNX Runtime or OpenVINO.
 """
 
 from __future__ import annotations
@@ -178,12 +179,35 @@ class Segmenter:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str = "auto", trust_remote_code: bool = False,
-                        dtype: str | torch.dtype | None = None, **options) -> Segmenter:
-        """Loads a model folder (or Hub id), its processor and its labels; `options` as in __init__."""
+                        dtype: str | torch.dtype | None = None, runtime: str = "auto", threads: int | None = None,
+                        **options) -> Segmenter:
+        """Loads a model folder (or Hub id), its processor and its labels; `options` as in __init__.
+
+        `model_dir` may also be an exported model (`segtune export`: a model.onnx, or the folder holding
+        it), run by `runtime` "onnxruntime" (its default) or "openvino" on the CPU; "torch" (the default
+        for a model folder) runs the transformers model. `threads`: the runtime's threads (default: torch's)."""
         from transformers import AutoModelForSemanticSegmentation
 
         from .hub import check_hub
+        from .runners_onnx import RUNTIMES, load_exported, onnx_path
 
+        if runtime not in RUNTIMES:
+            raise SegtuneError(f"--runtime {runtime}: choose {', '.join(RUNTIMES)}")
+        exported = onnx_path(model_dir)
+        if runtime == "auto":
+            runtime = "torch" if exported is None else "onnxruntime"
+        if runtime != "torch":
+            if str(device) not in ("auto", "cpu"):
+                raise SegtuneError(f"--device {device}: --runtime {runtime} runs on the CPU here; give --device cpu")
+            runner, processor, labels = load_exported(model_dir, runtime, resolve_dtype(dtype), threads)
+            return cls(runner, processor, labels, **options)
+        if exported is not None:
+            raise SegtuneError(f"{model_dir}: an exported ONNX model; torch runs model folders: give --runtime "
+                               "onnxruntime or openvino, or the model folder it was exported from")
+        if threads is not None:
+            if threads < 1:
+                raise SegtuneError(f"--threads {threads}: must be at least 1")
+            torch.set_num_threads(threads)
         dev, dt = resolve_device(device), resolve_dtype(dtype)
         check_hub(model_dir)  # offline: one line at once, not 25 s of retries
         try:

@@ -170,10 +170,18 @@ def inspect_data(opts) -> dict:
     return report
 
 
+def blocking_error(report: dict, output_dir) -> SegtuneError | None:
+    """The error `segtune inspect` exits with (status 1) when a problem would stop training."""
+    if not report["blocking_problems"]:
+        return None
+    return SegtuneError(f"{len(report['blocking_problems'])} problem(s) would stop training "
+                        f"(listed above and in {Path(output_dir) / 'inspect.json'})")
+
+
 def run_inspection(opts) -> dict:
     """`segtune inspect`: `opts` a segtune.options.InspectOptions; a blocking problem is an error (exit 1)."""
     report = inspect_data(opts)
-    if report["blocking_problems"]:
-        raise SegtuneError(f"{len(report['blocking_problems'])} problem(s) would stop training "
-                           f"(listed above and in {Path(opts.output_dir) / 'inspect.json'})")
+    error = blocking_error(report, opts.output_dir)
+    if error is not None:
+        raise error
     return report

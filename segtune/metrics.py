@@ -116,3 +116,95 @@ def metrics_to_json(metrics: dict, class_names) -> dict:
     if names == ("background", "foreground") and "per_category_iou" in metrics:  # --binary masks
         out["foreground_iou"] = clean(metrics["per_category_iou"][1])
     return out
+
+
+# ---------------------------------------------------------------- a drop-in for any Trainer
+
+TRAINER_PAD = -100  # the value the Trainer (and accelerate, across processes) pads labels with
+
+
+def _evaluate_reduced(label: torch.Tensor) -> torch.Tensor:
+    """`evaluate`'s reduce_labels, as it does it: 0 -> 255, k -> k - 1, 255 stays 255."""
+    label = label.long()
+    out = label - 1
+    out[(label == 0) | (label == 255)] = 255
+    return out
+
+
+class MeanIoU:
+    """`evaluate`'s `mean_iou`, streamed: the `compute_metrics` of a plain `transformers.Trainer`.
+
+    With `TrainingArguments(batch_eval_metrics=True)` the Trainer calls it once per evaluation
+    batch: each batch's logits are upsampled (bilinear, align_corners=False) to the size of its
+    labels, reduced to an argmax, and added to a confusion matrix; the call with
+    `compute_result=True` (the last batch) returns evaluate's keys and starts afresh. Memory holds
+    one batch, never all the logits, and the numbers are evaluate's to float rounding::
+
+        trainer = Trainer(..., compute_metrics=MeanIoU(num_labels=150),
+                          args=TrainingArguments(..., batch_eval_metrics=True))
+
+    Without `batch_eval_metrics` it works too (one call with every logit). Under several processes
+    the Trainer gathers each batch on every process first, so all of them count the same pixels.
+    Labels the Trainer padded (-100) are ignored. Per-class values come back as lists (the Trainer
+    writes its metrics to JSON).
+
+    Called on label maps instead, `MeanIoU(n)(predictions, references)` (lists of (H, W) arrays, or
+    arrays of them) returns what `evaluate.load("mean_iou").compute(predictions=..., references=...,
+    num_labels=n, ignore_index=..., reduce_labels=...)` does: per-class values as numpy arrays.
+    """
+
+    def __init__(self, num_labels: int, ignore_index: int = 255, reduce_labels: bool = False):
+        self.num_labels, self.ignore_index, self.reduce_labels = int(num_labels), int(ignore_index), bool(reduce_labels)
+        self.confusion: ConfusionMatrix | None = None  # the evaluation in progress
+
+    def reset(self) -> None:
+        """Forgets the batches counted so far."""
+        self.confusion = None
+
+    def _labels(self, labels, padded: bool = False) -> torch.Tensor:
+        """Labels as evaluate scores them; `padded`: the Trainer's padding (-100) ignored."""
+        labels = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
+        pad = labels == TRAINER_PAD if padded else None
+        labels = _evaluate_reduced(labels) if self.reduce_labels else labels.long()
+        return labels if pad is None else labels.masked_fill(pad, self.ignore_index)
+
+    def update(self, logits, labels) -> None:
+        """Adds a batch: (B, C, h, w) logits (a tensor or array; a tuple: its first item) and
+        (B, H, W) labels as the dataset gives them (before any label reduction)."""
+        from .postprocess import upsampled_argmax
+
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        logits = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
+        labels = self._labels(labels, padded=True).to(logits.device)
+        if self.confusion is None:
+            self.confusion = ConfusionMatrix(self.num_labels, self.ignore_index, device=logits.device)
+        size = tuple(labels.shape[-2:])
+        for start in range(0, len(logits), 8):  # a whole evaluation at once (no batch_eval_metrics): in slices
+            chunk = logits[start:start + 8]
+            self.confusion.update(labels[start:start + 8], upsampled_argmax(chunk, size))
+
+    def compute(self) -> dict:
+        """evaluate's keys for the batches added since the last compute (which starts afresh)."""
+        confusion = self.confusion or ConfusionMatrix(self.num_labels, self.ignore_index)
+        self.confusion = None
+        return confusion.compute()
+
+    def __call__(self, predictions=None, references=None, compute_result: bool = True) -> dict:
+        """The Trainer's call, `(EvalPrediction, compute_result=...)`, or `(predictions, references)`
+        label maps; see the class."""
+        if hasattr(predictions, "label_ids"):  # an EvalPrediction from the Trainer
+            with torch.no_grad():
+                self.update(predictions.predictions, predictions.label_ids)
+            if not compute_result:
+                return {}
+            result = self.compute()
+            return {k: [float(x) for x in v] if isinstance(v, np.ndarray) else v for k, v in result.items()}
+        if predictions is None or references is None:
+            raise TypeError("MeanIoU: give (predictions, references) label maps, or use it as a Trainer's "
+                            "compute_metrics")
+        confusion = ConfusionMatrix(self.num_labels, self.ignore_index)
+        for prediction, reference in zip(predictions, references, strict=True):
+            prediction = torch.as_tensor(np.asarray(prediction)).long()
+            confusion.update(self._labels(reference), prediction)
+        return confusion.compute()

@@ -93,8 +93,14 @@ class EvaluateOptions(CommonOptions, LabelOptions, SourceOptions, SplitOptions):
     """`segtune evaluate`: score a model, or saved predictions, against masks."""
 
     data: str | None = option(None, "dataset folder, YAML data file or `datasets` source (required)")
-    model: str | None = option(None, "model folder or Hub id (or give --predictions)")
+    model: str | None = option(None, "model folder, Hub id, or an exported model.onnx or export folder (or give "
+                               "--predictions)")
     predictions: Path | None = option(None, "folder of label PNGs named like the annotations (or give --model)")
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = option(
+        "auto", "what runs the model: torch for a model folder, onnxruntime for an exported one (auto), or openvino")
+    threads: int | None = option(None, "the runtime's CPU threads (default: the physical cores, as torch uses)")
+    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "model precision (openvino: its "
+                                                              "inference precision, bfloat16 where the CPU has it)")
     skip_bad: bool = flag("score the good pairs only")
     batch_size: int = option(2, "images per forward pass")
     num_workers: int = option(0, "DataLoader worker processes")
@@ -130,13 +136,17 @@ class InspectOptions(CommonOptions, LabelOptions, SourceOptions):
 class PredictOptions(CommonOptions, LabelOptions):
     """`segtune predict INPUTS ...`: segment images with a trained model."""
 
-    model: str | None = option(None, "model folder or Hub id (required)")
+    model: str | None = option(None, "model folder, Hub id, or an exported model.onnx or export folder (required)")
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = option(
+        "auto", "what runs the model: torch for a model folder, onnxruntime for an exported one (auto), or openvino")
+    threads: int | None = option(None, "the runtime's CPU threads (default: the physical cores, as torch uses)")
     recursive: bool = flag("take folders' sub-folders too (outputs mirror them)")
     batch_size: int | None = option(None, "images (or windows) per pass (default: 4 on CPU, 1 with --fold-head "
                                     "on CPU, 16 on CUDA)")
     num_workers: int = option(2, "threads decoding images and writing outputs while the model runs (0: none)")
     device: str = option("auto", "auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
-    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "model precision")
+    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "model precision (openvino: its inference "
+                                                              "precision, bfloat16 where the CPU has it)")
     mode: Literal["auto", "whole", "slide"] = option("auto", "whole image, sliding windows, or auto: slide for "
                                                      "images over 2 crops long")
     crop_size: int | None = option(None, "slide window (default: the training scale)")
@@ -160,3 +170,46 @@ class DemoOptions(CommonOptions):
     """`segtune demo`: generate the demo data, train, evaluate and predict, offline."""
 
     seed: int = option(0, "seed of the generated data and of training")
+
+
+@dataclass(kw_only=True)
+class ExportOptions(CommonOptions):
+    """`segtune export`: the model as ONNX (OUT/model.onnx), checked against torch."""
+
+    model: str | None = option(None, "model folder or Hub id to export (required)")
+    opset: int = option(18, "ONNX opset version")
+    fold_head: bool = option(True, "SegFormer: export the folded decode head (the same function, faster); "
+                             "--no-fold-head: the head as trained")
+    check_data: str | None = option(None, "images for the parity check: a folder of images, or a dataset (its "
+                                    "masks add the mean IoU of both models); default: generated images")
+    check_images: int = option(4, "images in the parity check, each at 3 sizes (0: no check)")
+    min_equal_pixels: float = option(99.99, "the check fails below this percentage of equal label-map pixels")
+    max_logit_diff: float | None = option(None, "the check also fails above this largest logit difference")
+    overwrite: bool = flag("write into a non-empty output folder")
+    trust_remote_code: bool = flag("run a Hub model's own code (only for models you trust)")
+
+
+@dataclass(kw_only=True)
+class ServeOptions:
+    """`segtune serve`: an HTTP API and a web page for a model (docs/serve.md)."""
+
+    model: str | None = option(None, "model folder, Hub id, or an exported model.onnx or export folder (required)")
+    host: str = option("127.0.0.1", "address to listen on (loopback by default; 0.0.0.0: every interface)")
+    port: int = option(8000, "TCP port (0: any free port)")
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = option(
+        "auto", "what runs the model: torch for a model folder, onnxruntime for an exported one (auto), or openvino")
+    threads: int | None = option(None, "the runtime's CPU threads (default: the physical cores, as torch uses)")
+    device: str = option("auto", "auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
+    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "model precision")
+    mode: Literal["auto", "whole", "slide"] = option("auto", "default inference mode (a request's ?mode= wins)")
+    tta: bool = flag("default to test-time augmentation (a request's ?tta= wins)")
+    max_batch_size: int = option(8, "most images per model call")
+    batch_timeout_ms: float = option(10.0, "how long the batcher waits for more images after the first")
+    max_upload_mb: float = option(20.0, "largest request body, in MiB (413 above)")
+    max_megapixels: float = option(40.0, "largest image, in megapixels, also once resized to the model's scale "
+                                   "(413 above)")
+    max_queue: int = option(64, "requests waiting for the model; more are answered 503 with Retry-After")
+    api_key_env: str | None = option(None, "environment variable holding the API key; requests then need "
+                                     "'Authorization: Bearer KEY' or 'X-API-Key: KEY' (401)")
+    trust_remote_code: bool = flag("run a Hub model's own code (only for models you trust)")
+    debug: bool = flag("show Python tracebacks")

@@ -4,8 +4,8 @@ A runner is a callable from a (B, 3, h, w) float32 CPU tensor of pixel values, a
 processor gives them, to (B, C, h', w') logits (a tensor or array of any float dtype), with
 `device` (a torch.device: where the logits are upsampled and averaged) and `dtype` (the
 torch.dtype it computes in, for reports). `TorchRunner` runs a transformers model and alone
-supports head folding and channels-last; other engines (ONNX Runtime, OpenVINO) plug in here
-without touching the Segmenter's modes or outputs.
+supports head folding and channels-last; other engines plug in without touching the Segmenter's
+modes or outputs: ONNX Runtime and OpenVINO run an exported model (segtune/runners_onnx.py).
 """
 
 from __future__ import annotations

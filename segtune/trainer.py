@@ -17,7 +17,7 @@ from transformers import Trainer, TrainerCallback
 
 from .card import model_card
 from .data import PairDataset
-from .evaluate import evaluate_model
+from .evaluation import evaluate_model
 from .labels import LabelSet
 from .metrics import metrics_to_json
 

@@ -45,3 +45,15 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def hub_online_state_restored():
+    """segtune.hub.check_hub switches the process to the libraries' offline mode when the Hub cannot be
+    reached (as here); each test starts from the process's own setting again."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    yield
+    constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved

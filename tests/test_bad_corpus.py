@@ -157,13 +157,13 @@ def test_inspect_gives_every_bad_file_its_one_line(corpus, tmp_path):
 
 
 def test_train_gives_every_bad_file_its_one_line(corpus, tmp_path, capsys, monkeypatch):
-    import segtune.train
+    import segtune.training
 
     def tripwire(*args, **kwargs):
         pytest.fail("a model was built although the input is bad")
 
-    monkeypatch.setattr(segtune.train, "load_model", tripwire)
-    monkeypatch.setattr(segtune.train, "training_processor", tripwire)
+    monkeypatch.setattr(segtune.training, "load_model", tripwire)
+    monkeypatch.setattr(segtune.training, "training_processor", tripwire)
     root, labels, expected = corpus
     code = main(["train", "--data", str(root), "--labels", str(labels), "--output-dir", str(tmp_path / "run"),
                  "--model", "mit-b0", "--max_steps", "1"])
@@ -193,7 +193,7 @@ def test_bad_rows_of_a_datasets_table_each_get_their_line(tmp_path, capsys, monk
 
     import datasets
 
-    import segtune.train
+    import segtune.training
 
     def encoded(array):
         buffer = io.BytesIO()
@@ -226,8 +226,8 @@ def test_bad_rows_of_a_datasets_table_each_get_their_line(tmp_path, capsys, monk
     def tripwire(*args, **kwargs):
         pytest.fail("a model was built although the input is bad")
 
-    monkeypatch.setattr(segtune.train, "load_model", tripwire)
-    monkeypatch.setattr(segtune.train, "training_processor", tripwire)
+    monkeypatch.setattr(segtune.training, "load_model", tripwire)
+    monkeypatch.setattr(segtune.training, "training_processor", tripwire)
     code = main(["train", "--data", str(tmp_path / "table"), "--output-dir", str(tmp_path / "run"),
                  "--model", "mit-b0", "--max_steps", "1"])
     out, err = capsys.readouterr()

@@ -19,13 +19,13 @@ from .helpers import H, W, make_flat, write_image, write_mask, write_pairs
 
 @pytest.fixture(autouse=True)
 def no_model(monkeypatch):
-    import segtune.train
+    import segtune.training
 
     def tripwire(*args, **kwargs):
         pytest.fail("a model was built although the input is bad")
 
-    monkeypatch.setattr(segtune.train, "load_model", tripwire)
-    monkeypatch.setattr(segtune.train, "training_processor", tripwire)
+    monkeypatch.setattr(segtune.training, "load_model", tripwire)
+    monkeypatch.setattr(segtune.training, "training_processor", tripwire)
 
 
 def train_argv(data, output_dir, *extra):

@@ -31,7 +31,8 @@ def test_each_option_is_listed_once(command):
 
 
 OPTION_TYPES = {"evaluate": options.EvaluateOptions, "report": options.ReportOptions,
-                "inspect": options.InspectOptions, "predict": options.PredictOptions, "demo": options.DemoOptions}
+                "inspect": options.InspectOptions, "predict": options.PredictOptions, "demo": options.DemoOptions,
+                "export": options.ExportOptions}
 
 
 @pytest.mark.parametrize("command", list(OPTION_TYPES))
@@ -47,7 +48,7 @@ def test_help_shows_the_defaults_the_dataclasses_declare(command):
 
 
 def test_train_help_shows_segtunes_training_defaults_not_the_trainers():
-    from segtune.train import RECIPE_DEFAULTS, TRAINING_DEFAULTS, TrainOptions
+    from segtune.training import RECIPE_DEFAULTS, TRAINING_DEFAULTS, TrainOptions
     from segtune.transforms import AugmentConfig
 
     actions = {}

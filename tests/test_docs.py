@@ -31,7 +31,7 @@ import pytest
 from segtune.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("demo", "train", "evaluate", "predict", "report", "inspect")
+COMMANDS = ("demo", "train", "evaluate", "predict", "report", "inspect", "export", "serve")
 ALWAYS = {"--help", "--debug"}
 
 # page (relative to the repository) -> the commands it is about; None: no inline check
@@ -42,6 +42,8 @@ PAGE_COMMANDS: dict[str, tuple[str, ...] | None] = {
     "docs/report.md": ("report",),
     "docs/data.md": ("inspect", "train"),
     "docs/demo.md": ("demo", "train"),
+    "docs/export.md": ("export", "predict", "evaluate"),
+    "docs/serve.md": ("serve", "predict"),
     "docs/benchmarks.md": None,
     "benchmarks/README.md": None,
 }

@@ -284,7 +284,7 @@ def test_a_streamed_run_lets_each_rank_read_its_own_batches(hf_sources, tmp_path
     from accelerate.data_loader import prepare_data_loader
     from torch.utils.data import DataLoader
 
-    from segtune.train import training_arguments
+    from segtune.training import training_arguments
 
     args = training_arguments(tmp_path, {}, streaming=True)
     assert args.accelerator_config.dispatch_batches is False

@@ -347,7 +347,7 @@ def test_the_report_shows_the_findings_train_records(tmp_path):
 
     from segtune.labels import LabelSet
     from segtune.metrics import ConfusionMatrix
-    from segtune.report import write_report
+    from segtune.reporting import write_report
 
     root = make_set(tmp_path / "data", ade_like())
     data = load_data(root)

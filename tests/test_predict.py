@@ -16,7 +16,7 @@ from segtune.errors import SegtuneError
 from segtune.labels import LabelSet
 from segtune.inference import Segmenter, slide_windows, window_counts
 from segtune.model import FoldedSegformerHead
-from segtune.predict import collect_images, load_probabilities, predict_images
+from segtune.prediction import collect_images, load_probabilities, predict_images
 from segtune.visualize import error_map
 
 from .conftest import tiny_segformer

@@ -9,7 +9,7 @@ import torch
 from transformers import TrainerCallback
 
 from segtune.cli import parse, train_options
-from segtune.train import run_training
+from segtune.training import run_training
 
 RUN_ARGS = ["--reduce-labels", "--base-size", "64", "--crop-size", "48", "--max_steps", "8", "--eval_steps", "4",
             "--learning_rate", "2e-3", "--per_device_train_batch_size", "4", "--disable_tqdm", "true",

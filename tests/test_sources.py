@@ -37,13 +37,13 @@ def error_lines(err: str) -> list[str]:
 @pytest.fixture
 def no_model(monkeypatch):
     """`train` must refuse bad data before any model is built."""
-    import segtune.train
+    import segtune.training
 
     def tripwire(*args, **kwargs):
         pytest.fail("a model was built although the input is bad")
 
-    monkeypatch.setattr(segtune.train, "load_model", tripwire)
-    monkeypatch.setattr(segtune.train, "training_processor", tripwire)
+    monkeypatch.setattr(segtune.training, "load_model", tripwire)
+    monkeypatch.setattr(segtune.training, "training_processor", tripwire)
 
 
 def expected_split(names, test_size, seed):

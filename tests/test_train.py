@@ -45,7 +45,7 @@ def test_unknown_options_are_refused(tmp_path):
 
 
 def test_defaults_are_the_seeds_and_eval_follows_save(tmp_path):
-    from segtune.train import training_arguments
+    from segtune.training import training_arguments
 
     args = training_arguments(tmp_path, {})
     assert (args.learning_rate, args.per_device_train_batch_size, args.remove_unused_columns) == (6e-5, 2, False)
@@ -60,7 +60,7 @@ def test_checkpoint_reload_restores_every_weight(tiny_model_dir, tmp_path):
     """transformers 5's own reload leaves SegFormer weights untouched; segtune's must not."""
     from transformers import AutoModelForSemanticSegmentation, TrainingArguments
 
-    from segtune.train import SegmentationTrainer
+    from segtune.training import SegmentationTrainer
 
     from .conftest import tiny_segformer
 
@@ -87,7 +87,7 @@ def test_architecture_names_build_random_segformers():
 
 
 def test_plain_recipe_presets_leave_the_options_given_alone(tmp_path):
-    from segtune.train import TrainOptions, _recipe_augment
+    from segtune.training import TrainOptions, _recipe_augment
     from segtune.transforms import AugmentConfig
 
     def augment(*argv):
@@ -130,7 +130,7 @@ def test_report_to_a_missing_package_is_one_line_before_any_data_is_read(demo_da
 def test_bf16_is_the_default_on_a_gpu_that_has_it_and_the_user_can_turn_it_off(tmp_path, monkeypatch):
     import torch
 
-    import segtune.train as train
+    import segtune.training as train
 
     assert train.training_arguments(tmp_path, {}).bf16 is False  # this CPU
     monkeypatch.setattr(train, "gpu_training", lambda values: True)
@@ -143,7 +143,7 @@ def test_bf16_is_the_default_on_a_gpu_that_has_it_and_the_user_can_turn_it_off(t
 
 
 def test_report_to_takes_a_comma_separated_list_and_plain_refuses_a_head_multiple(tmp_path):
-    from segtune.train import training_arguments
+    from segtune.training import training_arguments
 
     opts = options(["--data", "d", "--output-dir", str(tmp_path), "--report_to", "none,none"])
     assert opts.training["report_to"] == ["none", "none"]

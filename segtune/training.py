@@ -15,7 +15,7 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArgume
 from .checks import load_checked_data
 from .data import SegmentationData, StreamedData
 from .errors import SegtuneError
-from .evaluate import EvalDataset, format_table
+from .evaluation import EvalDataset, format_table
 from .labels import load_labels
 from .metrics import metrics_to_json
 from .hub import check_hub
@@ -373,8 +373,8 @@ def run_training(opts: TrainOptions) -> dict:
 
     # The final evaluation of the best checkpoint (reloaded at the end): SegmentationTrainer.evaluate's
     # pass, made here so that it also scores each image for the report (no second pass).
-    from .evaluate import evaluate_model
-    from .report import ImageScores, write_report_or_warn
+    from .evaluation import evaluate_model
+    from .reporting import ImageScores, write_report_or_warn
     from .trainer import SCALAR_METRICS
 
     scores = ImageScores(len(labels), data.ignore_index) if opts.report and not streamed else None

@@ -87,7 +87,7 @@ class ImageScores:
 def score_model(model, processor, samples: list, rules, num_classes: int, *, batch_size: int = 2,
                 num_workers: int = 0, keep: int = GALLERY_SIZE, progress: bool = True):
     """One evaluation pass: (confusion matrix, ImageScores)."""
-    from .evaluate import EvalDataset, evaluate_model
+    from .evaluation import EvalDataset, evaluate_model
     from .transforms import ProcessorTransform
 
     scores = ImageScores(num_classes, rules.ignore_index, keep)
@@ -323,7 +323,7 @@ def run_report(opts, run_dir: str | Path) -> Path:
                            "output folder)")
     scoring = {}
     if opts.data:
-        from .evaluate import load_scored_data
+        from .evaluation import load_scored_data
         from .inference import Segmenter
 
         model = opts.model or (run_dir if (run_dir / "config.json").is_file()

@@ -52,11 +52,16 @@ def evaluate_model(
 ) -> ConfusionMatrix:
     """Streams the dataset through the model; returns the (rank-summed) confusion matrix.
 
-    `on_item(index, label, prediction)`, if given, sees each image's (H, W) label and predicted
-    class ids (tensors on the model's device) as they are scored (per-image scores, galleries)."""
+    `model`: a torch model, or a Runner (segtune/runners.py: an exported model run by ONNX Runtime or
+    OpenVINO), scored the same way. `on_item(index, label, prediction)`, if given, sees each image's (H, W)
+    label and predicted class ids (tensors on the model's device) as they are scored (per-image scores,
+    galleries)."""
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
+    if not isinstance(model, torch.nn.Module):  # a Runner: pixel values in, logits out
+        return _evaluate_runner(model, dataset, num_classes, ignore_index, batch_size, num_workers, progress,
+                                on_item)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype  # --dtype bfloat16: bf16 inputs
     was_training = model.training
     model.eval()
     if isinstance(dataset, torch.utils.data.IterableDataset):
@@ -74,21 +79,39 @@ def evaluate_model(
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
     for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress):
         for run in _same_shape_runs(batch):
-            pixel_values = torch.stack([item["pixel_values"] for item in run]).to(device)
-            logits = model(pixel_values=pixel_values).logits
-            labels = [item["labels"].to(device) for item in run]
-            if all(label.shape == labels[0].shape for label in labels):  # one upsampling and update for all
-                predictions = upsampled_argmax(logits, labels[0].shape)
-                cm.update(torch.stack(labels), predictions)
-            else:
-                predictions = [upsampled_argmax(item_logits, label.shape) for item_logits, label in zip(logits, labels)]
-                for label, prediction in zip(labels, predictions):
-                    cm.update(label, prediction)
-            if on_item is not None:
-                for item, label, prediction in zip(run, labels, predictions):
-                    on_item(item["index"], label, prediction)
+            pixel_values = torch.stack([item["pixel_values"] for item in run]).to(device, dtype)
+            _score(model(pixel_values=pixel_values).logits.float(), run, device, cm, on_item)
     cm.all_reduce()
     model.train(was_training)
+    return cm
+
+
+def _score(logits, run, device, cm: ConfusionMatrix, on_item) -> None:
+    """One forward pass's logits into the confusion matrix (and on_item)."""
+    labels = [item["labels"].to(device) for item in run]
+    if all(label.shape == labels[0].shape for label in labels):  # one upsampling and update for all
+        predictions = upsampled_argmax(logits, labels[0].shape)
+        cm.update(torch.stack(labels), predictions)
+    else:
+        predictions = [upsampled_argmax(item_logits, label.shape) for item_logits, label in zip(logits, labels)]
+        for label, prediction in zip(labels, predictions):
+            cm.update(label, prediction)
+    if on_item is not None:
+        for item, label, prediction in zip(run, labels, predictions):
+            on_item(item["index"], label, prediction)
+
+
+def _evaluate_runner(runner, dataset, num_classes, ignore_index, batch_size, num_workers, progress, on_item):
+    """evaluate_model through a Runner (one process: an exported model is not run distributed)."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(runner.device)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    cm = ConfusionMatrix(num_classes, ignore_index, device=device)
+    for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress):
+        for run in _same_shape_runs(batch):
+            pixel_values = torch.stack([item["pixel_values"] for item in run])
+            _score(torch.as_tensor(runner(pixel_values)).to(device).float(), run, device, cm, on_item)
     return cm
 
 
@@ -160,6 +183,13 @@ def load_scored_data(opts, model: str | Path | None, labels=None):
     return data, labels, selection
 
 
+def _run_folder(model):
+    """The folder whose splits.json tells the run's split: a model.onnx's own folder (segtune export copies it)."""
+    if model is not None and str(model).lower().endswith(".onnx"):
+        return Path(str(model)).parent
+    return model
+
+
 def run_evaluation(opts) -> dict:
     """`segtune evaluate`: `opts` a segtune.options.EvaluateOptions. Prints the table, writes metrics.json
     (and report.html) to opts.output_dir; returns the metrics (JSON form)."""
@@ -167,7 +197,7 @@ def run_evaluation(opts) -> dict:
 
     from .labels import load_labels
     from .metrics import metrics_to_json
-    from .report import ImageScores, write_report_or_warn
+    from .reporting import ImageScores, write_report_or_warn
     from .transforms import ProcessorTransform
 
     labels = load_labels(opts.labels) if opts.labels else None
@@ -175,15 +205,17 @@ def run_evaluation(opts) -> dict:
     if opts.model:
         from .inference import Segmenter
 
-        segmenter = Segmenter.from_pretrained(opts.model, trust_remote_code=opts.trust_remote_code)
+        segmenter = Segmenter.from_pretrained(opts.model, trust_remote_code=opts.trust_remote_code,
+                                              runtime=opts.runtime, threads=opts.threads, dtype=opts.dtype)
         labels = labels or segmenter.labels
-    data, labels, selection = load_scored_data(opts, opts.model, labels)
+    data, labels, selection = load_scored_data(opts, _run_folder(opts.model), labels)
     samples = data.val
     # each image's score for the report's gallery, taken in the one scoring pass
     scores = ImageScores(len(labels), data.ignore_index) if opts.report else None
     if segmenter is not None:
         dataset = EvalDataset(samples, ProcessorTransform(segmenter.processor), data.rules)
-        cm = evaluate_model(segmenter.model, dataset, len(labels), data.ignore_index, opts.batch_size,
+        model = segmenter.model if segmenter.model is not None else segmenter.runner  # torch, or an exported model
+        cm = evaluate_model(model, dataset, len(labels), data.ignore_index, opts.batch_size,
                             opts.num_workers, on_item=scores)
     else:
         cm = evaluate_predictions(samples, Path(opts.predictions), len(labels), data.rules, on_item=scores)
