@@ -33,12 +33,18 @@ METHODS = {
     "seed": "seeds' loop: processor, model, interpolate, argmax, one image at a time",
     "pipeline": 'transformers.pipeline("image-segmentation"), one image at a time',
     "segtune-api": "Segmenter.predict (batch 4, 2 decode threads), label maps only",
-    "segtune-cli": "segtune predict CLI (batch 4, 2 threads): label PNG, colour PNG, overlay JPEG per image",
-    "segtune-cli-fold": "segtune predict --fold-head (decode head folded; on CPU batch 1, channels-last): "
-                        "float rounding differs",
+    "segtune-cli": "segtune predict CLI, defaults (on CPU: SegFormer's head folded, batch 1, channels-last): "
+                   "label PNG, colour PNG, overlay JPEG per image",
+    "segtune-cli-exact": "segtune predict --fold-head false (transformers' own head, batch 4)",
+    "segtune-cli-onnx": "segtune predict on the `segtune export` folder, ONNX Runtime fp32",
+    "segtune-cli-openvino": "segtune predict on the export folder, OpenVINO fp32",
+    "segtune-cli-openvino-bf16": "segtune predict on the export folder, OpenVINO bf16 (CPUs with bf16)",
     "segtune-cli-bf16": "segtune predict --dtype bfloat16 (GPU only)",
 }
-DEFAULT_METHODS = ["seed", "pipeline", "segtune-api", "segtune-cli", "segtune-cli-fold"]
+DEFAULT_METHODS = ["seed", "pipeline", "segtune-api", "segtune-cli", "segtune-cli-exact", "segtune-cli-onnx",
+                   "segtune-cli-openvino", "segtune-cli-openvino-bf16"]
+EXPORTED = {"segtune-cli-onnx": ["--runtime", "onnxruntime"], "segtune-cli-openvino": ["--runtime", "openvino"],
+            "segtune-cli-openvino-bf16": ["--runtime", "openvino", "--dtype", "bfloat16"]}
 REFERENCE = "seed"
 
 
@@ -126,8 +132,10 @@ def run_method(method: str, model: Path, images: list[Path], folder: Path, work:
     if method.startswith("segtune-cli"):
         pred = work / method
         shutil.rmtree(pred, ignore_errors=True)  # a fresh folder each round: segtune skips images already done
-        extra = {"segtune-cli-fold": ["--fold-head"], "segtune-cli-bf16": ["--dtype", "bfloat16"]}.get(method, [])
-        cmd = [str(Path(sys.executable).parent / "segtune"), "predict", "--model", str(model), str(folder),
+        extra = {"segtune-cli-exact": ["--fold-head", "false"], "segtune-cli-bf16": ["--dtype", "bfloat16"],
+                 **EXPORTED}.get(method, [])
+        source = model.parent / "export" if method in EXPORTED else model  # exported once, untimed (main)
+        cmd = [str(Path(sys.executable).parent / "segtune"), "predict", "--model", str(source), str(folder),
                "--output-dir", str(pred), "--device", device, *extra]
     else:
         listing = work / "images.json"
@@ -150,6 +158,32 @@ def run_method(method: str, model: Path, images: list[Path], folder: Path, work:
         saved = np.load(out)
         maps, loop = saved["maps"], float(saved["loop"])
     return {"method": method, "wall_s": wall, "loop_s": loop, "other_load": load.share, "maps": maps}
+
+
+def model_gflop(model_dir: Path, image: Path) -> float:
+    """GFLOP of one forward pass at the size the processor gives `image` (matmuls and convolutions)."""
+    import torch
+    from PIL import Image
+
+    from benchmarks.flops import flop_counter
+    from segtune.inference import Segmenter
+
+    seg = Segmenter.from_pretrained(model_dir, device="cpu")
+    pixel_values = seg.processor(images=Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
+    with torch.no_grad(), flop_counter() as counter:
+        seg.model(pixel_values=pixel_values)
+    return counter.get_total_flops() / 1e9
+
+
+def peaks(device: str) -> dict[str, float]:
+    """The measured matmul peak, GFLOP/s, in float32 and bfloat16 (2048-sized, during quiet moments)."""
+    import torch
+
+    from benchmarks.flops import peak_matmul
+
+    dev = torch.device(device)
+    return {name: peak_matmul(dev, dtype, 2048, max_others=0.05) / 1e9
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
 
 
 # ---------------------------------------------------------------- main
@@ -184,6 +218,10 @@ def main(argv=None) -> int:
     try:
         model = make_model(work / "model")
         images = image_folder(work / "images", args.images)
+        if any(m in EXPORTED for m in methods):  # the export (with its parity check) is not timed
+            segtune = str(Path(sys.executable).parent / "segtune")
+            subprocess.run([segtune, "export", "--model", str(model), "--output-dir", str(model.parent / "export")],
+                           check=True, cwd=REPO, capture_output=True)
         runs, walls = {}, {m: [] for m in methods}
         for round_ in range(args.rounds):
             # The order alternates so slow drift of the machine's speed hits every method alike; the
@@ -200,6 +238,7 @@ def main(argv=None) -> int:
                       flush=True)
         for method, r in runs.items():
             r["walls"], r["wall_s"] = walls[method], statistics.median(walls[method])
+        gflop, peak = model_gflop(model, images[0]), peaks(device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -220,6 +259,9 @@ def main(argv=None) -> int:
             "pixels equal to seed %": round(100 * float(same.mean()), 6),
             "pixels differing": int(same.size - same.sum()),
             "images identical": f"{int(same.reshape(len(same), -1).all(axis=1).sum())}/{len(same)}",
+            # model work over the whole command's time, against the machine's matmul peak in its precision
+            "GFLOP/s": round(gflop * speed, 1),
+            "% of peak": round(100 * gflop * speed / peak["bf16" if "bf16" in method else "fp32"], 1),
             "other load": None if r["other_load"] is None else round(r["other_load"], 2),
         })
     table = markdown_table(rows, align={"method": "left", "images identical": "right"})
@@ -228,8 +270,11 @@ def main(argv=None) -> int:
     path = write_result("predict_speed", {
         "command": command(), "machine": info, "device": device, "images": args.images,
         "distinct_images": len(set(p.resolve() for p in images)), "methods": {m: METHODS[m] for m in runs},
-        "rows": rows, "table": table,
+        "rows": rows, "table": table, "gflop_per_image": round(gflop, 2),
+        "peak_gflops": {k: round(v, 1) for k, v in peak.items()},
     })
+    print(f"model: {gflop:.1f} GFLOP per image (forward); matmul peak fp32 {peak['fp32']:.0f}, "
+          f"bf16 {peak['bf16']:.0f} GFLOP/s")
     print(f"\nwritten to {path.relative_to(REPO)}")
     return 0
 

@@ -141,7 +141,7 @@ class Segmenter:
     def __init__(self, model, processor, labels: LabelSet, *, mode: str = "auto", crop_size: int | None = None,
                  stride: int | None = None, tta: bool = False, scales: Iterable[float] = DEFAULT_SCALES,
                  flip: bool = True, batch_size: int | None = None, num_workers: int = 2,
-                 channels_last: bool | None = None, fold_head: bool = False):
+                 channels_last: bool | None = None, fold_head: bool | None = False):
         if mode not in MODES:
             raise SegtuneError(f"--mode {mode}: choose {', '.join(MODES)}")
         self.runner = TorchRunner(model) if isinstance(model, torch.nn.Module) else model
@@ -151,6 +151,10 @@ class Segmenter:
         if not self.scales or min(self.scales) <= 0:
             raise SegtuneError(f"--tta-scales {' '.join(map(str, scales))}: give positive ratios")
         cpu = self.device.type == "cpu"
+        torch_runner = isinstance(self.runner, TorchRunner)
+        if fold_head is None:  # auto: fold a SegFormer run by torch on a CPU, where it is 1.7x faster; its
+            # logits differ from the unfolded head's by float rounding (~1e-7): a near-tied pixel may flip
+            fold_head = torch_runner and cpu and getattr(self.runner.model.config, "model_type", None) == "segformer"
         if batch_size is None:  # measured on 2 CPU cores, mit-b0 at 683x512 (benchmarks/README.md); GPUs want more
             batch_size = 16 if self.device.type == "cuda" else 1 if (cpu and fold_head) else 4
         if batch_size < 1:
@@ -162,7 +166,6 @@ class Segmenter:
         if self.crop_size < 1 or self.stride < 1 or self.stride > self.crop_size:
             raise SegtuneError(f"--crop-size {self.crop_size} --stride {self.stride}: need 0 < stride <= crop size "
                                "(windows must overlap or touch)")
-        torch_runner = isinstance(self.runner, TorchRunner)
         if fold_head and not (torch_runner and self.runner.fold_head()):
             name = type(self.model if torch_runner else self.runner).__name__
             raise SegtuneError(f"--fold-head: only for SegFormer models run by torch, not {name}")

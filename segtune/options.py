@@ -155,8 +155,10 @@ class PredictOptions(CommonOptions, LabelOptions):
     tta_scales: list[float] | None = option(None, "TTA scales, ratios of the training scale (default 0.5 0.75 "
                                             "1.0 1.25 1.5 1.75)", nargs="+", metavar="RATIO")
     tta_flip: bool = option(True, "TTA with horizontal flips; --no-tta-flip: without")
-    fold_head: bool = flag("SegFormer: fold the decode head's fuse layer into each stage (faster; logits differ "
-                           "by float rounding, ~1e-7, so a near-tied pixel may flip)")
+    fold_head: bool | None = flag("SegFormer: fold the decode head's fuse layer into each stage, 1.7x faster on "
+                                  "CPU; logits differ by float rounding (~1e-7), so a near-tied pixel may flip "
+                                  "(default: on for a SegFormer run by torch on a CPU; --fold-head false keeps "
+                                  "transformers' own head, whose maps equal transformers' exactly)", default=None)
     alpha: float = option(0.5, "overlay opacity")
     save_probs: bool = flag("per-class probabilities, uint8 (p x 255) in compressed probs/<name>.npz")
     show_gt: Path | None = option(None, "ground truth (mask folder or dataset): image | truth | prediction | "

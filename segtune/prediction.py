@@ -447,7 +447,7 @@ def _summary(segmenter: Segmenter, records: list[dict], segmented: int, seconds:
         "runtime": getattr(segmenter.runner, "runtime", "torch"), "mode": segmenter.mode,
         "modes_used": dict(Counter(r["mode"] for r in records)), "tta": segmenter.tta,
         "device": str(segmenter.device), "dtype": str(segmenter.dtype).removeprefix("torch."),
-        "batch_size": segmenter.batch_size, "seconds": round(seconds, 3),
+        "batch_size": segmenter.batch_size, "fold_head": segmenter.fold_head, "seconds": round(seconds, 3),
         "images_per_second": round(segmented / seconds, 3) if segmented and seconds > 0 else None,
         "class_share": {name: round(pixels[name] / total, 6)
                         for name in sorted(pixels, key=lambda n: order.get(n, len(order)))},

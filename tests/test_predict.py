@@ -208,6 +208,19 @@ def test_fold_head_defaults_on_cpu_and_agrees_with_the_exact_path(model_dir):
         assert got.shape == want.shape and (got == want).mean() > 0.99
 
 
+def test_the_command_folds_a_segformer_on_cpu_by_default_and_fold_head_false_keeps_the_exact_head(model_dir, tmp_path):
+    from segtune.cli import main
+
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    Image.fromarray(rgb(21, 64, 48)).save(image)
+    for flags, folded in (([], True), (["--fold-head", "false"], False)):
+        out = tmp_path / f"out-{folded}"
+        assert main(["predict", str(image), "--model", str(model_dir), "--output-dir", str(out), *flags]) == 0
+        summary = json.loads((out / "predict.json").read_text())
+        assert summary["fold_head"] is folded and summary["batch_size"] == (1 if folded else 4)
+
+
 # ---------------------------------------------------------------- runners
 
 
