@@ -15,13 +15,11 @@ import dataclasses
 import glob
 import json
 import os
-import shutil
 import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +28,10 @@ from .data import IMAGE_SUFFIXES, MaskRules, Sample
 from .errors import SegtuneError
 from .inference import Segmenter, prefetch
 from .labels import LabelSet, load_labels
+from .ranks import (Processes, fold_rank_files, process_rank, rank_file, read_records, record_key, take_rank_records,
+                    use_local_gpu)
 
 PROBS_SCALE = 255  # --save-probs stores round(p * 255) as uint8
-RANK_FILES = "predictions.rank*.jsonl"  # each process's records, under torchrun / accelerate launch
-WAIT_LIMIT = timedelta(hours=24)  # how long a rank that is done waits for the others (gloo's default: 30 min)
 
 
 # ---------------------------------------------------------------- inputs
@@ -218,109 +216,6 @@ def _write_outputs(entry: InputImage, image, label_map, probs, paths, labels: La
     return record
 
 
-def _key(label_path) -> str:
-    return str(Path(label_path).resolve())
-
-
-def _read_records(path: Path) -> dict[str, dict]:
-    """Earlier predictions.jsonl lines by label map (resolved path); the last line wins."""
-    records = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-                records[_key(record["label_map"])] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut short by a crash: that image is done again
-    return records
-
-
-# ---------------------------------------------------------------- several processes
-
-
-def process_rank() -> tuple[int, int]:
-    """(rank, number of processes): the process group's if one exists, else RANK and WORLD_SIZE as
-    torchrun and `accelerate launch` set them; (0, 1) for a single process."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def use_local_gpu(device) -> None:
-    """Under several processes, `--device auto` (or `cuda`) on a CUDA machine is the GPU of the
-    process's LOCAL_RANK: each process of a machine gets its own (torch.cuda.set_device)."""
-    import torch
-
-    _, size = process_rank()
-    if size > 1 and str(device) in ("auto", "cuda") and torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-
-
-class _Processes:
-    """The processes of one prediction run. With several (WORLD_SIZE > 1), a gloo process group is
-    opened unless one exists; only barriers pass through it, so gloo serves CUDA runs as well, with
-    no device to bind. With one process, barriers do nothing."""
-
-    def __init__(self):
-        import torch.distributed as dist
-
-        self.rank, self.size = process_rank()
-        self.opened = False
-        if self.size > 1 and not (dist.is_available() and dist.is_initialized()):
-            if not dist.is_available():
-                raise SegtuneError(f"WORLD_SIZE={self.size}: this torch build has no torch.distributed; "
-                                   "run a single process")
-            dist.init_process_group("gloo", timeout=WAIT_LIMIT)
-            self.opened = True
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self) -> None:
-        """Waits for every rank (rank 0's last writes), then tears down a group opened here (as
-        train.close_process_group does: a rank leaving early can abort gloo's destructor)."""
-        import torch.distributed as dist
-
-        self.barrier()
-        if self.opened and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _rank_file(output_dir: Path, rank: int) -> Path:
-    return output_dir / RANK_FILES.replace("*", str(rank))
-
-
-def _fold_rank_files(output_dir: Path, jsonl: Path, discard: bool) -> None:
-    """Appends the per-rank records left by a run cut short under several processes to predictions.jsonl
-    (their images count as done), then removes the rank files; `discard` (--overwrite) only removes them."""
-    parts = sorted(output_dir.glob(RANK_FILES))
-    if parts and not discard:
-        with open(jsonl, "ab") as log:
-            for part in parts:
-                _end_line(log, jsonl)
-                with open(part, "rb") as f:
-                    shutil.copyfileobj(f, log)
-            _end_line(log, jsonl)
-    for part in parts:
-        part.unlink()
-
-
-def _end_line(log, path: Path) -> None:
-    """Ends a line cut short by a crash before more is appended: it stays one bad line (skipped)."""
-    log.flush()
-    if log.tell():
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                log.write(b"\n")
-
-
 def predict_images(
     segmenter: Segmenter,
     images: list,
@@ -351,16 +246,16 @@ def predict_images(
     entries = [e if isinstance(e, InputImage) else InputImage(Path(e), Path(e).stem) for e in images]
     output_dir = Path(output_dir)
     jsonl = output_dir / "predictions.jsonl"
-    group = _Processes()  # several under torchrun / accelerate launch: each does every N-th image left to do
+    group = Processes()  # several under torchrun / accelerate launch: each does every N-th image left to do
     if group.rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        _fold_rank_files(output_dir, jsonl, discard=overwrite)  # the records of a run cut short under several
+        fold_rank_files(output_dir, jsonl, discard=overwrite)  # the records of a run cut short under several
         if group.size > 1:
             open(jsonl, "w" if overwrite else "a").close()  # a folder of predictions from now on
     group.barrier()  # the folder ready: every rank reads the same records
-    old = {} if overwrite else _read_records(jsonl)
+    old = {} if overwrite else read_records(jsonl)
     paths = {e.name: _output_paths(output_dir, e.name, show_gt is not None, save_probs) for e in entries}
-    done = {e.name for e in entries if _key(paths[e.name]["label_map"]) in old
+    done = {e.name for e in entries if record_key(paths[e.name]["label_map"]) in old
             and all(p.is_file() for p in paths[e.name].values())}
     todo = [e for e in entries if e.name not in done]
     group.barrier()  # every rank has seen the same outputs before any is written
@@ -372,7 +267,7 @@ def predict_images(
         gt_pairs = match_ground_truth(entries, pairs, show_gt)  # all of them: a skipped image may share a mask
     rules = _mask_rules(rules, gt_rules, segmenter.labels)
 
-    records = {e.name: old[_key(paths[e.name]["label_map"])] for e in entries if e.name in done}
+    records = {e.name: old[record_key(paths[e.name]["label_map"])] for e in entries if e.name in done}
     workers = max(1, segmenter.num_workers)
     several = group.size > 1  # then rank 0's bar shows its own share
     bar = tqdm(total=len(mine) if several else len(entries), initial=0 if several else len(done),
@@ -382,7 +277,7 @@ def predict_images(
         bar.write(f"{len(done)} of {len(entries)} images already segmented in {output_dir}: skipped "
                   "(--overwrite redoes them)")
     writes = deque()
-    with open(_rank_file(output_dir, group.rank) if several else jsonl, "w" if overwrite else "a") as log, \
+    with open(rank_file(output_dir, group.rank) if several else jsonl, "w" if overwrite else "a") as log, \
             ThreadPoolExecutor(workers, thread_name_prefix="segtune-write") as writer:
 
         def finish_oldest():
@@ -405,31 +300,21 @@ def predict_images(
     bar.close()
     if several:
         group.barrier()  # every rank's records written: each takes all of them
-        _take_rank_records(records, todo, paths, output_dir, group.size)
+        take_rank_records(records, todo, paths, output_dir, group.size)
         group.barrier()  # all read before rank 0 merges them
     ordered = [records[e.name] for e in entries]
     if group.rank == 0:
-        current = {_key(paths[e.name]["label_map"]) for e in entries}
+        current = {record_key(paths[e.name]["label_map"]) for e in entries}
         earlier = [r for k, r in old.items() if k not in current]  # other images of earlier runs stay listed
         tmp = jsonl.with_suffix(".jsonl.tmp")  # the final file: one line per image, this run's in input order
         tmp.write_text("".join(json.dumps(r) + "\n" for r in earlier + ordered))
         os.replace(tmp, jsonl)
         for rank in range(group.size if several else 0):
-            _rank_file(output_dir, rank).unlink(missing_ok=True)
+            rank_file(output_dir, rank).unlink(missing_ok=True)
         summary = _summary(segmenter, ordered, len(todo), time.perf_counter() - started, show_gt)
         (output_dir / "predict.json").write_text(json.dumps(summary, indent=2) + "\n")
     group.close()  # the other ranks return once rank 0 has written
     return ordered
-
-
-def _take_rank_records(records: dict, todo: list[InputImage], paths: dict, output_dir: Path, size: int) -> None:
-    """The records of this run's images, by name, from the rank files (image i of `todo` was rank i % size's)."""
-    logged = {rank: _read_records(_rank_file(output_dir, rank)) for rank in range(size)}
-    for i, e in enumerate(todo):
-        record = logged[i % size].get(_key(paths[e.name]["label_map"]))
-        if record is None:
-            raise SegtuneError(f"{_rank_file(output_dir, i % size)}: no record of {e.path}; run again to segment it")
-        records[e.name] = record
 
 
 def _summary(segmenter: Segmenter, records: list[dict], segmented: int, seconds: float, show_gt) -> dict:
