@@ -21,6 +21,30 @@ def tiny_segformer(num_labels=3):
     return SegformerForSemanticSegmentation(config)
 
 
+def save_tiny_model(path, names, scale: int = 32):
+    """A model folder as `segtune train` leaves one: a tiny SegFormer (seeded), its processor at short
+    side `scale`, and labels.json with `names`."""
+    import torch
+    from transformers import SegformerImageProcessorPil
+
+    from segtune.labels import LabelSet
+
+    torch.manual_seed(0)
+    tiny_segformer(len(names)).save_pretrained(path)
+    SegformerImageProcessorPil(size={"shortest_edge": scale}, do_reduce_labels=False).save_pretrained(path)
+    LabelSet.from_names(list(names)).to_json(path / "labels.json")
+    return path
+
+
+SERVE_NAMES = ["sky", "road", "car"]
+
+
+@pytest.fixture(scope="session")
+def serve_model_dir(tmp_path_factory):
+    """The model `segtune serve` is tested with (test_serve.py, test_serve_live.py)."""
+    return save_tiny_model(tmp_path_factory.mktemp("serve-model"), SERVE_NAMES)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved checkpoint with a 3-class head: training on other data re-heads it."""

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from segtune.cli import main
-from segtune.labels import LabelSet
 from segtune.prediction import load_probabilities
 
-from .conftest import tiny_segformer
+from .conftest import save_tiny_model
 
 TIMINGS = ("seconds", "images_per_second")
 NAMES = [f"img{i}" for i in range(7)]  # 7 images over 2 ranks: 4 and 3
@@ -60,14 +58,7 @@ def launcher(name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from transformers import SegformerImageProcessorPil
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("predict-model")
-    tiny_segformer(3).save_pretrained(path)
-    SegformerImageProcessorPil(size={"shortest_edge": 32}, do_reduce_labels=False).save_pretrained(path)
-    LabelSet.from_names(["a", "b", "c"]).to_json(path / "labels.json")
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("predict-model"), ["a", "b", "c"])
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -20,14 +19,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from segtune.cli import main  # noqa: E402
 from segtune.inference import Segmenter  # noqa: E402
-from segtune.labels import LabelSet  # noqa: E402
 from segtune.serve.app import create_app  # noqa: E402
 from segtune.serve.batcher import Batcher, QueueFull  # noqa: E402
 from segtune.visualize import save_label_png  # noqa: E402
 
-from .conftest import tiny_segformer  # noqa: E402
+from .conftest import SERVE_NAMES as NAMES  # noqa: E402
 
-NAMES = ["sky", "road", "car"]
 
 
 def rgb(seed, width, height):
@@ -38,19 +35,6 @@ def png_bytes(array, fmt="PNG", **kwargs) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt, **kwargs)
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="session")
-def serve_model_dir(tmp_path_factory):
-    """A model folder as `segtune train` leaves one: weights, processor (scale 32), labels.json."""
-    from transformers import SegformerImageProcessorPil
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("serve-model")
-    tiny_segformer(3).save_pretrained(path)
-    SegformerImageProcessorPil(size={"shortest_edge": 32}, do_reduce_labels=False).save_pretrained(path)
-    LabelSet.from_names(NAMES).to_json(path / "labels.json")
-    return path
 
 
 @pytest.fixture(scope="module")

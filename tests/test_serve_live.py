@@ -21,7 +21,7 @@ pytest.importorskip("uvicorn")
 from segtune.inference import Segmenter  # noqa: E402
 from segtune.serve.app import create_app  # noqa: E402
 
-from .test_serve import NAMES, png_bytes, rgb, serve_model_dir  # noqa: E402,F401 (a fixture)
+from .test_serve import NAMES, png_bytes, rgb  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -37,7 +37,7 @@ def image_with_regions(width=96, height=72):
 
 
 @pytest.fixture(scope="module")
-def live_server(serve_model_dir):  # noqa: F811
+def live_server(serve_model_dir):
     """A real uvicorn on an ephemeral 127.0.0.1 port, in a thread; stopped at the end."""
     import uvicorn
 
@@ -131,7 +131,7 @@ def test_web_page_in_chromium(live_server, tmp_path):
     assert (tmp_path / "serve-page.png").stat().st_size > 0
 
 
-def test_command_serves_and_stops_gracefully_on_sigterm(serve_model_dir):  # noqa: F811
+def test_command_serves_and_stops_gracefully_on_sigterm(serve_model_dir):
     import httpx
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
