@@ -20,7 +20,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO, RESULTS_DIR, describe, markdown_table
 
-ORDER = ["data_path", "train_speed", "eval_speed", "post_logits", "metric_speed", "predict_speed", "flops"]
+ORDER = ["data_path", "train_speed", "eval_speed", "post_logits", "metric_speed", "predict_speed", "flops", "models"]
 PREDICT_METHODS = ["--methods", "seed", "pipeline", "segtune-cli", "segtune-cli-exact", "segtune-cli-onnx",
                    "segtune-cli-openvino", "segtune-cli-openvino-bf16"]
 FULL = {  # about 0.7 + 2.5 + 2.5 + 0.4 + 0.2 + 8 + 0.5 minutes on a quiet 2-core CPU
@@ -31,6 +31,7 @@ FULL = {  # about 0.7 + 2.5 + 2.5 + 0.4 + 0.2 + 8 + 0.5 minutes on a quiet 2-cor
     "metric_speed": [],
     "predict_speed": ["--images", "200", *PREDICT_METHODS],  # the folder of 200 images, one round
     "flops": [],
+    "models": [],  # one model per architecture, 200 steps of batch 4 at crop 256 each (docs/models.md)
 }
 GPU = {  # a GPU is fast: more images and rounds, and every predict method (bf16 included)
     "train_speed": ["--steps", "30", "--warmup", "5", "--rounds", "2"],
@@ -44,6 +45,7 @@ QUICK = {
     "metric_speed": ["--images", "4", "--repeats", "2"],
     "predict_speed": ["--images", "4", "--methods", "seed", "segtune-cli"],
     "flops": ["--steps", "2", "--warmup", "1", "--matmul-size", "1024"],
+    "models": ["--quick"],
 }
 
 

@@ -35,14 +35,15 @@ def model_card(*, base_model: str, data: str, class_names, metrics: dict, hyperp
         "---",
         "library_name: transformers",
         "pipeline_tag: image-segmentation",
-        "tags: [image-segmentation, semantic-segmentation, segformer, segtune]",
+        f"tags: [image-segmentation, semantic-segmentation, {hyperparameters.get('architecture', 'segformer')}, segtune]",
     ]
     if not random_init and not Path(base_model).exists():
         lines.append(f"base_model: {base_model}")
     lines += ["---", "", "# Semantic segmentation model trained with segtune", ""]
     model_name, data_name = public_name(str(base_model)), public_name(str(data))
     origin = f"a randomly initialised `{model_name}`" if random_init else f"`{model_name}`"
-    lines += [f"Trained from {origin} on `{data_name}` ({len(class_names)} classes).", ""]
+    architecture = f", architecture `{hyperparameters['architecture']}`" if "architecture" in hyperparameters else ""
+    lines += [f"Trained from {origin}{architecture} on `{data_name}` ({len(class_names)} classes).", ""]
     lines += [
         "## Results (validation, original annotation resolution)",
         "",

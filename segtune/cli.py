@@ -108,13 +108,18 @@ COMMANDS = {
 }
 
 
-def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
+def build_parser(given_only: bool = False, only: str | None = None) -> argparse.ArgumentParser:
     """The parser with every default shown; `given_only`: one whose namespace holds only what was typed
-    (so that a --config file can fill in the rest, and the command line still wins)."""
+    (so that a --config file can fill in the rest, and the command line still wins). `only`: the
+    command being run gets its options, the others only their names and help: building train's
+    parser imports the Trainer (seconds), which `segtune predict` should not wait for."""
     parser = argparse.ArgumentParser(prog="segtune", description="Fine-tune, evaluate and run semantic-"
                                      "segmentation models (SegFormer first). See docs/ for each command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OptionParser)
     for name, cmd in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=cmd.help, description=cmd.help, dataclass_types=())
+            continue
         types, exclude = cmd.types, ()
         if name == "train":
             types, exclude = _train_types(), ("output_dir", "debug")  # TrainingArguments' own, shadowed
@@ -138,10 +143,11 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
 
 def parse(argv: list[str]) -> tuple[str, dict]:
     """-> (command, the options given on the command line, by field name)."""
-    full, unknown = build_parser().parse_known_args(argv)  # --help and usage errors, with real defaults
+    only = argv[0] if argv and argv[0] in COMMANDS else None
+    full, unknown = build_parser(only=only).parse_known_args(argv)  # --help and usage errors, with real defaults
     if unknown:
         raise unknown_options(full.command, unknown)
-    given = vars(build_parser(given_only=True).parse_known_args(argv)[0])
+    given = vars(build_parser(given_only=True, only=full.command).parse_known_args(argv)[0])
     command = given.pop("command")
     if full.output_dir is not None:
         given.setdefault("output_dir", Path(full.output_dir))
@@ -314,7 +320,7 @@ def cmd_demo(given: dict) -> None:
     from .demo import run_demo
 
     opts = _options(o.DemoOptions, given)
-    run_demo(opts.output_dir, seed=opts.seed)
+    run_demo(opts.output_dir, seed=opts.seed, bf16=opts.bf16)
 
 
 HANDLERS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "inspect": cmd_inspect,

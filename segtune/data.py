@@ -156,7 +156,13 @@ def mask_array(img: Image.Image) -> np.ndarray:
 
 
 def read_mask(path: Path, rules: MaskRules | None = None) -> np.ndarray:
-    """Returns the mask as an int64 (H, W) array of class ids after `rules`."""
+    """Returns the mask as an int64 (H, W) array of class ids after `rules`.
+
+    `path` may instead be a mask drawn on demand (annotation-tool exports: sources/coco.py, yolo.py,
+    voc.py, labelstudio.py): anything with `draw()` returning the stored values, rasterised here, in
+    the data workers, so every command reads it through the same rules."""
+    if hasattr(path, "draw"):
+        return (rules or MaskRules()).apply(path.draw(), path)
     path = Path(path)
     return (rules or MaskRules()).apply(mask_array(open_image(path, "mask")), path)
 
@@ -166,10 +172,10 @@ def read_mask(path: Path, rules: MaskRules | None = None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Sample:
-    """An image file and its mask file (no mask: an image to predict)."""
+    """An image file and its mask file (no mask: an image to predict), or a mask drawn from annotations."""
 
     image: Path
-    mask: Path | None = None
+    mask: Path | None = None  # or an object with draw() and a name (read_mask)
 
     @property
     def name(self) -> str:

@@ -25,7 +25,7 @@ def _claim_output_dir(out: Path) -> None:
     (out / MARKER).write_text("written by segtune demo; a new demo run replaces this folder\n")
 
 
-def run_demo(out: Path, seed: int = 0) -> dict:
+def run_demo(out: Path, seed: int = 0, bf16: bool | None = None) -> dict:
     from .data import MaskRules
     from .inference import Segmenter
     from .prediction import predict_images
@@ -52,7 +52,7 @@ def run_demo(out: Path, seed: int = 0) -> dict:
             recipe="plain",  # settings tuned for training from scratch (DEMO_TRAINING); measured so
             reduce_labels=True,  # ADE20K layout: 0 is "other"
             augment=augment,
-            training={"seed": seed, **training},
+            training={"seed": seed, **training, **({} if bf16 is None else {"bf16": bf16})},
         )
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -75,12 +75,15 @@ def evaluate_model(
         # each rank holds its own; score with rank 0's, the ones that get saved.
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
+    # Training in bf16, accelerate wraps the model's forward in autocast; score with the forward as
+    # the model defines it, in the model's own precision, so evaluation inside training stays exact.
+    forward = getattr(model, "_original_forward", None) or model
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
     for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress):
         for run in _same_shape_runs(batch):
             pixel_values = torch.stack([item["pixel_values"] for item in run]).to(device, dtype)
-            _score(model(pixel_values=pixel_values).logits.float(), run, device, cm, on_item)
+            _score(forward(pixel_values=pixel_values).logits.float(), run, device, cm, on_item)
     cm.all_reduce()
     model.train(was_training)
     return cm

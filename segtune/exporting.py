@@ -70,10 +70,13 @@ def _reason(error: BaseException) -> str:
 TORCHSCRIPT, DYNAMO = "torch.onnx.export (TorchScript, dynamo=False)", "torch.onnx.export (dynamo=True)"
 
 
-def export_onnx(model, path: Path, sample: torch.Tensor, opset: int, name: str) -> str:
+def export_onnx(model, path: Path, sample: torch.Tensor, opset: int, name: str, fixed_size: bool = False) -> str:
     """torch.onnx.export with the batch, height and width dynamic: the TorchScript exporter (dynamo=False:
     measured exact for SegFormer here), else, where it fails and onnxscript is installed, the dynamo
-    exporter. Returns the exporter used; one line naming the operation when neither can."""
+    exporter. Returns the exporter used; one line naming the operation when neither can.
+
+    `fixed_size`: a model taking one input size only (architectures.input_size, which its processor
+    resizes to), exported with the sample's height and width fixed and the batch dynamic."""
     import contextlib
     import importlib.util
     import io
@@ -81,6 +84,8 @@ def export_onnx(model, path: Path, sample: torch.Tensor, opset: int, name: str) 
 
     axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: "logits_height",
                                                                             3: "logits_width"}}
+    if fixed_size:
+        axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     module = _Logits(model).eval()
     quiet = io.StringIO()  # the TorchScript exporter prints its graph on some failures
     try:
@@ -100,7 +105,8 @@ def export_onnx(model, path: Path, sample: torch.Tensor, opset: int, name: str) 
         with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(quiet):
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (sample,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_shapes={INPUT_NAME: {0: dynamic, 2: dynamic, 3: dynamic}},
+                              dynamic_shapes={INPUT_NAME: {0: dynamic} if fixed_size else
+                                              {0: dynamic, 2: dynamic, 3: dynamic}},
                               opset_version=opset, dynamo=True, verbose=False)
         return DYNAMO
     except Exception:
@@ -150,9 +156,10 @@ def _mean_iou(cm) -> float | None:
     return None if value is None or np.isnan(value) else float(value)
 
 
-def check_images(check_data: str | None, count: int):
+def check_images(check_data: str | None, count: int, label_options=None):
     """-> (source, [(PIL image, mask or None)], mask rules' ignore index or None): `count` images spread
-    over the data (a dataset's validation pairs first, with masks; or a folder of images), else generated."""
+    over the data (a dataset's validation pairs first, with masks; or a folder of images), else generated.
+    `label_options` (options.LabelOptions: --reduce-labels, --ignore-index, --binary) rule the masks."""
     from PIL import Image
 
     if check_data is None:
@@ -177,6 +184,10 @@ def check_images(check_data: str | None, count: int):
     from .sources import load_data
 
     data = load_data(check_data)
+    if label_options is not None:
+        from .checks import apply_label_options
+
+        apply_label_options(data, label_options)
     if not hasattr(data, "train"):
         raise SegtuneError(f"--check-data {check_data}: a streamed dataset; give a folder of images or a dataset "
                            "listed ahead")
@@ -260,6 +271,7 @@ def run_export(opts) -> dict:
     """`segtune export`: `opts` a segtune.options.ExportOptions. Writes OUT/model.onnx, config.json,
     preprocessor_config.json, labels.json and export.json; returns export.json's content."""
     from .inference import Segmenter, training_scale
+    from .architectures import input_size, make_exportable
     from .model import fold_segformer_head
     from .runners_onnx import onnx_path
 
@@ -282,17 +294,19 @@ def run_export(opts) -> dict:
                                           trust_remote_code=opts.trust_remote_code, mode="whole", tta=True,
                                           scales=CHECK_RATIOS, flip=False, num_workers=0)
     model, processor, labels = reference.model, reference.processor, reference.labels
-    source, images, ignore_index = check_images(opts.check_data, opts.check_images) if opts.check_images \
+    source, images, ignore_index = check_images(opts.check_data, opts.check_images, opts) if opts.check_images \
         else (None, [], None)
 
     exported = copy.deepcopy(model).float().eval()
     folded = bool(opts.fold_head) and fold_segformer_head(exported)
-    side = min(training_scale(processor) or 512, 1024)
+    make_exportable(exported)  # pyramid pooling (UperNet, BEiT) as an exportable computation
+    fixed = input_size(model.config)  # the one size such a model takes (its processor resizes to it)
+    side = fixed or min(training_scale(processor) or 512, 1024)
     sample = torch.rand(1, 3, side, side)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{ONNX_FILE}.partial"
     try:
-        exporter = export_onnx(exported, tmp, sample, opts.opset, str(opts.model))
+        exporter = export_onnx(exported, tmp, sample, opts.opset, str(opts.model), fixed_size=fixed is not None)
         add_metadata(tmp, labels, processor, model.config)
         (out / EXPORT_JSON).unlink(missing_ok=True)  # --overwrite: an earlier verdict is not this model's
         os.replace(tmp, out / ONNX_FILE)
@@ -309,7 +323,7 @@ def run_export(opts) -> dict:
     result = {
         "passed": None, "model": str(opts.model), "onnx": str(out / ONNX_FILE), "opset": opts.opset,
         "exporter": exporter, "folded_head": folded,
-        "input": {"name": INPUT_NAME, "shape": ["batch", 3, "height", "width"], "dtype": "float32"},
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, fixed or "height", fixed or "width"], "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(labels), "logits_height", "logits_width"]},
         "export_input_size": list(sample.shape), "classes": len(labels),
         "torch": torch.__version__, "seconds_export": round(exported_seconds, 3), "check": None,

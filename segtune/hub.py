@@ -64,8 +64,8 @@ def _cached(name: str, repo_type: str) -> bool:
 
 
 OFFLINE_CHOICES = {
-    "model": "offline, use --model mit-b0 ... mit-b5 (a SegFormer from its config, random weights) or a local "
-             "model folder",
+    "model": "offline, use --model mit-b0 ... mit-b5, upernet-convnext-tiny, mobilevit-small ... (docs/models.md: "
+             "a model from its config, random weights) or a local model folder",
     "dataset": "offline, use a local dataset folder, YAML data file, save_to_disk folder or parquet files",
 }
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import architectures
 from .data import read_image, to_rgb
 from .errors import SegtuneError
 from .labels import LabelSet, load_labels
@@ -154,14 +155,18 @@ class Segmenter:
         torch_runner = isinstance(self.runner, TorchRunner)
         if fold_head is None:  # auto: fold a SegFormer run by torch on a CPU, where it is 1.7x faster; its
             # logits differ from the unfolded head's by float rounding (~1e-7): a near-tied pixel may flip
-            fold_head = torch_runner and cpu and getattr(self.runner.model.config, "model_type", None) == "segformer"
+            arch = architectures.of_config(self.runner.model.config) if torch_runner else None
+            fold_head = torch_runner and cpu and arch is not None and arch.foldable
         if batch_size is None:  # measured on 2 CPU cores, mit-b0 at 683x512 (benchmarks/README.md); GPUs want more
             batch_size = 16 if self.device.type == "cuda" else 1 if (cpu and fold_head) else 4
         if batch_size < 1:
             raise SegtuneError(f"--batch-size {batch_size}: must be at least 1")
         self.batch_size, self.num_workers = batch_size, num_workers
         self.scale = training_scale(processor)
-        self.crop_size = crop_size or self.scale or 512
+        # a model taking one square size only (architectures.py): every scale runs at that size
+        self.fixed_size = _fixed_size(processor)[0] is not None and (
+            architectures.runner_input_size(self.runner) is not None or architectures.of_processor(processor) is not None)
+        self.crop_size = self.scale if self.fixed_size else (crop_size or self.scale or 512)
         self.stride = stride or max(1, round(self.crop_size * 2 / 3))
         if self.crop_size < 1 or self.stride < 1 or self.stride > self.crop_size:
             raise SegtuneError(f"--crop-size {self.crop_size} --stride {self.stride}: need 0 < stride <= crop size "
@@ -280,7 +285,9 @@ class Segmenter:
 
     def _pixel_values(self, image, ratio: float, keep_aspect: bool) -> torch.Tensor:
         kwargs = {}
-        if ratio != 1.0 or (keep_aspect and self.scale and not _shortest_edge(self.processor)):
+        if self.fixed_size:  # TTA's scales and slide's aspect do not apply: the model takes one size
+            pass
+        elif ratio != 1.0 or (keep_aspect and self.scale and not _shortest_edge(self.processor)):
             kwargs = self._resize_kwargs(image, ratio, keep_aspect)
         return self.processor(images=image, return_tensors="pt", **kwargs)["pixel_values"][0]
 

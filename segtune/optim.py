@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .architectures import NO_DECAY_NAMES
+
 # Norm layers found by type, not by name: MMSeg's 'norm' substring misses layers named by
 # index (its MiT's per-stage final norm, `layers.i.2`) and would catch any name with "norm" in it.
 # _NormBase covers BatchNorm*, SyncBatchNorm and InstanceNorm*.
@@ -48,7 +50,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.01, head_l
     """AdamW parameter groups, each named ("encoder_decay", "encoder_no_decay", "head_decay",
     "head_no_decay") with its own `lr` and `weight_decay`; empty groups are dropped.
 
-    Norm layers' weights and biases get no weight decay. Other biases do decay, as in MMSeg's
+    Norm layers' weights and biases get no weight decay, nor position tables, tokens and layer
+    scales (architectures.NO_DECAY_NAMES: BEiT, DPT, Swin, ConvNeXt). Other biases do decay, as in MMSeg's
     config (it sets no bias_decay_mult); `bias_decay=False` exempts them too, as the Hugging
     Face Trainer does. Shared parameters appear once; frozen ones not at all.
     """
@@ -57,7 +60,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.01, head_l
     for name, p in model.named_parameters():  # deduplicates shared parameters
         if not p.requires_grad:
             continue
-        no_decay = id(p) in norm_params or (not bias_decay and name.endswith(".bias"))
+        no_decay = (id(p) in norm_params or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
+                    or (not bias_decay and name.endswith(".bias")))
         part = "head" if is_head_parameter(name, model) else "encoder"
         groups[f"{part}_{'no_decay' if no_decay else 'decay'}"].append(p)
     return [

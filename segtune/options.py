@@ -92,7 +92,7 @@ class SplitOptions:
 class EvaluateOptions(CommonOptions, LabelOptions, SourceOptions, SplitOptions):
     """`segtune evaluate`: score a model, or saved predictions, against masks."""
 
-    data: str | None = option(None, "dataset folder, YAML data file or `datasets` source (required)")
+    data: str | None = option(None, "dataset folder, YAML data file, COCO JSON or `datasets` source (required)")
     model: str | None = option(None, "model folder, Hub id, or an exported model.onnx or export folder (or give "
                                "--predictions)")
     predictions: Path | None = option(None, "folder of label PNGs named like the annotations (or give --model)")
@@ -126,27 +126,38 @@ class ReportOptions(CommonOptions, LabelOptions, SourceOptions, SplitOptions):
 class InspectOptions(CommonOptions, LabelOptions, SourceOptions):
     """`segtune inspect`: count, measure and check a dataset before training."""
 
-    data: str | None = option(None, "dataset folder, YAML data file or `datasets` source (required)")
+    data: str | None = option(None, "dataset folder, YAML data file, COCO JSON or `datasets` source (required)")
     val_split: float = option(0.2, "validation share when the data has no split (as segtune train)")
     seed: int = option(42, "seed of that split (segtune train's default seed)")
     samples: int = option(8, "images in inspect.png")
 
 
 @dataclass(kw_only=True)
-class PredictOptions(CommonOptions, LabelOptions):
-    """`segtune predict INPUTS ...`: segment images with a trained model."""
+class RuntimeOptions:
+    """What runs the model: `segtune predict` and `segtune serve` load it alike."""
 
     model: str | None = option(None, "model folder, Hub id, or an exported model.onnx or export folder (required)")
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = option(
         "auto", "what runs the model: torch for a model folder, onnxruntime for an exported one (auto), or openvino")
     threads: int | None = option(None, "the runtime's CPU threads (default: the physical cores, as torch uses)")
+    device: str = option("auto", "auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
+    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "model precision (openvino: its inference "
+                                                              "precision, bfloat16 where the CPU has it)")
+    fold_head: bool | None = flag("SegFormer: fold the decode head's fuse layer into each stage, 1.7x faster on "
+                                  "CPU; logits differ by float rounding (~1e-7), so a near-tied pixel may flip "
+                                  "(default: on for a SegFormer run by torch on a CPU; --fold-head false keeps "
+                                  "transformers' own head, whose maps equal transformers' exactly)", default=None)
+    trust_remote_code: bool = flag("run a Hub model's own code (only for models you trust)")
+
+
+@dataclass(kw_only=True)
+class PredictOptions(CommonOptions, LabelOptions, RuntimeOptions):
+    """`segtune predict INPUTS ...`: segment images with a trained model."""
+
     recursive: bool = flag("take folders' sub-folders too (outputs mirror them)")
     batch_size: int | None = option(None, "images (or windows) per pass (default: 4 on CPU, 1 with --fold-head "
                                     "on CPU, 16 on CUDA)")
     num_workers: int = option(2, "threads decoding images and writing outputs while the model runs (0: none)")
-    device: str = option("auto", "auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
-    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "model precision (openvino: its inference "
-                                                              "precision, bfloat16 where the CPU has it)")
     mode: Literal["auto", "whole", "slide"] = option("auto", "whole image, sliding windows, or auto: slide for "
                                                      "images over 2 crops long")
     crop_size: int | None = option(None, "slide window (default: the training scale)")
@@ -155,16 +166,11 @@ class PredictOptions(CommonOptions, LabelOptions):
     tta_scales: list[float] | None = option(None, "TTA scales, ratios of the training scale (default 0.5 0.75 "
                                             "1.0 1.25 1.5 1.75)", nargs="+", metavar="RATIO")
     tta_flip: bool = option(True, "TTA with horizontal flips; --no-tta-flip: without")
-    fold_head: bool | None = flag("SegFormer: fold the decode head's fuse layer into each stage, 1.7x faster on "
-                                  "CPU; logits differ by float rounding (~1e-7), so a near-tied pixel may flip "
-                                  "(default: on for a SegFormer run by torch on a CPU; --fold-head false keeps "
-                                  "transformers' own head, whose maps equal transformers' exactly)", default=None)
     alpha: float = option(0.5, "overlay opacity")
     save_probs: bool = flag("per-class probabilities, uint8 (p x 255) in compressed probs/<name>.npz")
     show_gt: Path | None = option(None, "ground truth (mask folder or dataset): image | truth | prediction | "
                                   "error figures")
     overwrite: bool = flag("redo images whose outputs exist; write into a folder of other files")
-    trust_remote_code: bool = flag("run a Hub model's own code (only for models you trust)")
 
 
 @dataclass(kw_only=True)
@@ -172,10 +178,12 @@ class DemoOptions(CommonOptions):
     """`segtune demo`: generate the demo data, train, evaluate and predict, offline."""
 
     seed: int = option(0, "seed of the generated data and of training")
+    bf16: bool | None = flag("train in bf16 autocast (default: where the CPU or GPU runs bf16 natively); "
+                             "--bf16 false: float32", default=None)
 
 
 @dataclass(kw_only=True)
-class ExportOptions(CommonOptions):
+class ExportOptions(CommonOptions, LabelOptions):
     """`segtune export`: the model as ONNX (OUT/model.onnx), checked against torch."""
 
     model: str | None = option(None, "model folder or Hub id to export (required)")
@@ -192,17 +200,11 @@ class ExportOptions(CommonOptions):
 
 
 @dataclass(kw_only=True)
-class ServeOptions:
+class ServeOptions(RuntimeOptions):
     """`segtune serve`: an HTTP API and a web page for a model (docs/serve.md)."""
 
-    model: str | None = option(None, "model folder, Hub id, or an exported model.onnx or export folder (required)")
     host: str = option("127.0.0.1", "address to listen on (loopback by default; 0.0.0.0: every interface)")
     port: int = option(8000, "TCP port (0: any free port)")
-    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = option(
-        "auto", "what runs the model: torch for a model folder, onnxruntime for an exported one (auto), or openvino")
-    threads: int | None = option(None, "the runtime's CPU threads (default: the physical cores, as torch uses)")
-    device: str = option("auto", "auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
-    dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "model precision")
     mode: Literal["auto", "whole", "slide"] = option("auto", "default inference mode (a request's ?mode= wins)")
     tta: bool = flag("default to test-time augmentation (a request's ?tta= wins)")
     max_batch_size: int = option(8, "most images per model call")
@@ -213,5 +215,4 @@ class ServeOptions:
     max_queue: int = option(64, "requests waiting for the model; more are answered 503 with Retry-After")
     api_key_env: str | None = option(None, "environment variable holding the API key; requests then need "
                                      "'Authorization: Bearer KEY' or 'X-API-Key: KEY' (401)")
-    trust_remote_code: bool = flag("run a Hub model's own code (only for models you trust)")
     debug: bool = flag("show Python tracebacks")

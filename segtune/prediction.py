@@ -92,9 +92,10 @@ def ground_truth_masks(path: Path) -> tuple[list, MaskRules | None]:
     file's label_map, ignore_index, reduce_labels, colours); None for a plain folder."""
     from .data import MASK_SUFFIXES
     from .sources import load_data
+    from .sources.exports import folder_loader
 
     if path.is_dir() and not (path / "annotations").is_dir() and not any(path.glob("*.parquet")) \
-            and not (path / "dataset_dict.json").is_file():
+            and not (path / "dataset_dict.json").is_file() and folder_loader(path) is None:  # VOC, Label Studio
         masks = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in MASK_SUFFIXES
                  and not any(part.startswith(".") for part in p.relative_to(path).parts)]
         return [Sample(p, p) for p in masks], None

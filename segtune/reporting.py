@@ -268,6 +268,14 @@ def write_report_or_warn(run_dir: str | Path, **kwargs) -> Path | None:
         return None
 
 
+def _architecture(run_dir: Path) -> str | None:
+    """The model_type of the model in the run folder (config.json), which the page names."""
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _page(run_dir, metrics, labels, ious, accs, saved_confusion, per_image, bar_png, cm_png, curves_png,
           gallery, title) -> str:
     share = None
@@ -280,6 +288,7 @@ def _page(run_dir, metrics, labels, ious, accs, saved_confusion, per_image, bar_
     return _template().render(
         name=title or run_dir.resolve().name,
         folder=str(run_dir),
+        architecture=_architecture(run_dir),
         step=metrics.get("step"),
         data=metrics.get("data"),
         num_images=metrics.get("num_images"),

@@ -19,7 +19,8 @@ from .evaluation import EvalDataset, format_table
 from .labels import load_labels
 from .metrics import metrics_to_json
 from .hub import check_hub
-from .model import DEFAULT_MODEL, MIT_ARCHITECTURES, load_model, training_processor
+from .architectures import OFFLINE_NAMES
+from .model import DEFAULT_MODEL, load_model, training_processor
 from .options import CommonOptions, LabelOptions, SourceOptions, flag, option
 from .sources.splits import write_splits
 from .trainer import InterruptCheckpoint, JsonlLogger, SegmentationTrainer, TrainDataset
@@ -66,12 +67,28 @@ def gpu_training(values: dict) -> bool:
     return torch.cuda.is_available() and not values.get("use_cpu")
 
 
-def gpu_precision_default(values: dict, overrides: dict) -> dict:
-    """bf16 mixed precision on a CUDA GPU that has it (Ampere on), unless the user chose a
-    precision (`--bf16 false` keeps float32)."""
-    if "bf16" in overrides or "fp16" in overrides or not gpu_training(values):
-        return {}
-    return {"bf16": True} if torch.cuda.is_bf16_supported() else {}
+def cpu_native_bf16() -> str | None:
+    """The CPU's native bf16 instructions as torch sees them ("AMX", "AVX512-BF16"), or None.
+    Without them torch emulates bf16, which is slower than float32, so it is no default there. A
+    capability forced lower (ATEN_CPU_CAPABILITY=avx2) counts as not having them."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return None
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    return "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else None
+
+
+def precision_default(values: dict, overrides: dict) -> dict:
+    """bf16 autocast where the hardware runs it natively: a CUDA GPU that has it (Ampere on), or a CPU
+    with AVX512-BF16 or AMX (1.4-1.8x float32 there, docs/train.md#precision). A precision the user
+    chose wins (`--bf16 false` keeps float32). bf16 on the CPU needs the Trainer's `use_cpu`, set
+    for the user, since the Trainer refuses CPU bf16 without it."""
+    if "bf16" in overrides or "fp16" in overrides:
+        cpu_bf16 = values.get("bf16") and not gpu_training(values)
+        return {"use_cpu": True} if cpu_bf16 else {}
+    if gpu_training(values):
+        return {"bf16": True} if torch.cuda.is_bf16_supported() else {}
+    return {"bf16": True, "use_cpu": True} if cpu_native_bf16() else {}
 
 
 def training_arguments(output_dir: Path, overrides: dict, *, streaming: bool = False) -> TrainingArguments:
@@ -80,7 +97,7 @@ def training_arguments(output_dir: Path, overrides: dict, *, streaming: bool = F
     if streaming:  # accelerate's default for a stream: rank 0 reads every batch and sends each rank its share;
         # instead each rank reads the stream and keeps its own batches (sources.stream.StreamingSource.dataset)
         values.setdefault("accelerator_config", {"dispatch_batches": False})
-    values.update(gpu_precision_default(values, overrides))
+    values.update(precision_default(values, overrides))
     if not values["dataloader_num_workers"]:  # persistent workers need workers
         values["dataloader_persistent_workers"] = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
@@ -103,7 +120,8 @@ class TrainOptions(CommonOptions, LabelOptions, SourceOptions):
     without help are for Python callers."""
 
     data: str | None = option(None, "dataset folder, YAML data file or `datasets` source (required)")
-    model: str = option(DEFAULT_MODEL, "Hub id, model folder, or mit-b0 ... mit-b5 (random weights)")
+    model: str = option(DEFAULT_MODEL, "Hub id, model folder, or an offline name: mit-b0 ... mit-b5, "
+                        "upernet-convnext-tiny, beit-base, mobilevit-small ... (random weights, docs/models.md)")
     config: Path | None = option(None, "YAML/JSON file of any of these options; the command line wins")
     val_split: float = option(0.2, "validation share when the data has no split (split with --seed)")
     streaming: bool = flag("read a `datasets` source as a stream (needs --max_steps and known classes)")
@@ -280,6 +298,18 @@ def _recipe(opts: TrainOptions, args: TrainingArguments, data: SegmentationData 
     return kwargs, card
 
 
+def _fit_input_size(opts: TrainOptions, config) -> None:
+    """A model that takes one square size only (BEiT, DPT, MobileViT: architectures.py) trains on
+    crops of that size (padded with the ignore index where the image is smaller)."""
+    from .architectures import input_size
+
+    side = input_size(config)
+    if side and opts.augment.crop_size != side:
+        log.warning("segtune: %s takes %dx%d inputs: training crops of %d, not %d", config.model_type, side, side,
+                    side, opts.augment.crop_size)
+        opts.augment.crop_size = side
+
+
 def run_training(opts: TrainOptions) -> dict:
     """Checks the data, trains, saves the model directory; returns the final metrics (JSON form)."""
     if not opts.data or not opts.output_dir:
@@ -287,7 +317,11 @@ def run_training(opts: TrainOptions) -> dict:
     opts.output_dir = Path(opts.output_dir)
     seed = int(opts.training.get("seed", 42))
     check_reporters(opts.training.get("report_to"))
-    if opts.model not in MIT_ARCHITECTURES:
+    if opts.model not in OFFLINE_NAMES:
+        if "/" not in opts.model and not Path(opts.model).exists():  # not a Hub id: a mistyped offline name
+            from .architectures import offline_config
+
+            offline_config(opts.model)  # one line listing the known names
         check_hub(opts.model)  # before the data is read: offline, fail in seconds, not after it
     data, labels = load_checked_data(opts.data, opts, val_split=opts.val_split, seed=seed,
                                      labels=load_labels(opts.labels) if opts.labels else None,
@@ -305,6 +339,9 @@ def run_training(opts: TrainOptions) -> dict:
     recipe_defaults = RECIPE_DEFAULTS if opts.recipe == "segformer" else {}
     args = training_arguments(opts.output_dir, {**recipe_defaults, **opts.training},
                               streaming=streamed)
+    if args.bf16 and args.use_cpu and "bf16" not in opts.training and args.process_index == 0:
+        print(f"segtune: training in bf16 autocast: this CPU has native bf16 ({cpu_native_bf16()}), 1.4-1.8x "
+              "float32 at equal accuracy (docs/train.md#precision); --bf16 false keeps float32")
     if streamed and args.max_steps <= 0:
         raise SegtuneError(f"{opts.data}: a streamed dataset has no length: give --max_steps")
     if not streamed:
@@ -312,8 +349,9 @@ def run_training(opts: TrainOptions) -> dict:
                  len(labels))
 
     set_seed(args.seed)  # before the model: a new head (or a model from scratch) starts from the seed
-    processor = training_processor(opts.model, opts.augment.base_size)
     model = load_model(opts.model, labels, data.ignore_index, opts.trust_remote_code)
+    processor = training_processor(opts.model, opts.augment.base_size, model.config)
+    _fit_input_size(opts, model.config)
     if model.config.model_type == "segformer" and "ddp_find_unused_parameters" not in opts.training:
         args.ddp_find_unused_parameters = False  # every parameter takes part: spare DDP a graph walk a step
     channels_last = args.device.type == "cuda"  # faster convolutions on a GPU, above all in bf16
@@ -323,6 +361,7 @@ def run_training(opts: TrainOptions) -> dict:
     recipe_kwargs, recipe_card = _recipe(opts, args, data, labels)
     hyperparameters = {
         "model": opts.model,
+        "architecture": model.config.model_type,
         "learning_rate": args.learning_rate,
         "batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,

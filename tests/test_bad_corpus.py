@@ -251,3 +251,101 @@ def test_malformed_mask_rows_are_one_line_errors(mask, problem):
         decode_row(row, "image", "label", "table row 7", MaskRules())
     row["label"] = [[0, 1, 2], [2, 1, 0]]  # the well-formed nested list for contrast
     assert decode_row(row, "image", "label", "table row 7", MaskRules())[1].tolist() == [[0, 1, 2], [2, 1, 0]]
+
+
+# ---------------------------------------------------------------- annotation-tool exports
+
+
+def coco_corpus(root):
+    """A COCO export with one bad annotation of each kind beside good images -> (json, expected lines)."""
+    from pycocotools import mask as mask_utils
+
+    images_dir = root / "images"
+    spec = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "road"}, {"id": 2, "name": "car"}]}
+    for iid in range(1, 11):  # 1..6 good, 7..10 get one bad annotation each
+        write_image(images_dir / f"im{iid}.png", seed=iid)
+        spec["images"].append({"id": iid, "file_name": f"im{iid}.png", "height": H, "width": W})
+        spec["annotations"].append({"id": 100 + iid, "image_id": iid, "category_id": 1 + iid % 2, "iscrowd": 0,
+                                    "segmentation": [[1, 1, 20, 1, 20, 15, 1, 15]]})
+    square = np.zeros((10, 10), np.uint8, order="F")
+    square[2:5, 2:5] = 1
+    wrong_size = mask_utils.encode(square)
+    wrong_size["counts"] = wrong_size["counts"].decode()
+    spec["annotations"] += [
+        {"id": 1, "image_id": 999, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]},
+        {"id": 2, "image_id": 7, "category_id": 77, "segmentation": [[1, 1, 5, 1, 5, 5]]},
+        {"id": 3, "image_id": 8, "category_id": 1, "segmentation": [[1, 1, 5, 5]]},
+        {"id": 4, "image_id": 9, "category_id": 2, "iscrowd": 1, "segmentation": wrong_size},
+        {"id": 5, "image_id": 10, "category_id": 2, "segmentation": {"polygon": "no"}},
+    ]
+    spec["images"] += [{"id": 11, "file_name": "gone.png", "height": H, "width": W},
+                       {"id": 12, "file_name": "small.png", "height": H, "width": W}]
+    write_image(images_dir / "small.png", size=(16, 16))
+    write_image(images_dir / "corrupt.png")
+    spec["images"].append({"id": 13, "file_name": "corrupt.png", "height": H, "width": W})
+    spec["annotations"].append({"id": 6, "image_id": 13, "category_id": 1, "iscrowd": 1,
+                                "segmentation": {"size": [H, W], "counts": "!!"}})  # not RLE: met when drawn
+    path = root / "annotations.json"
+    path.write_text(json.dumps(spec))
+    expected = [f"{path}: image 999, annotation 1: the image is not in 'images'",
+                f"{path}: image 7, annotation 2: unknown category id 77",
+                f"{path}: image 8, annotation 3: polygon with 2 point(s) (at least 3 needed)",
+                f"{path}: image 9, annotation 4: RLE size 10x10 differs from the image's {W}x{H}",
+                f"{path}: image 10, annotation 5: segmentation is neither polygons nor RLE",
+                f"{path}: image 11 (gone.png): file not found in {root} or {images_dir}",
+                f"{path}: image 12 (small.png): mask is {W}x{H} but its image is 16x16",
+                f"{path}: image 13 (corrupt.png), annotation 6: cannot draw its segmentation (Invalid RLE mask "
+                "representation)"]
+    return path, expected
+
+
+def test_a_bad_coco_export_gives_each_annotation_its_one_line(tmp_path, capsys, monkeypatch):
+    import segtune.training
+
+    path, expected = coco_corpus(tmp_path / "coco")
+    result = subprocess.run(  # a real process: no traceback, no stray warning
+        [sys.executable, "-m", "segtune", "inspect", "--data", str(path), "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr and "Warning" not in result.stderr
+    assert sorted(json.loads((tmp_path / "out" / "inspect.json").read_text())["blocking_problems"]) == sorted(expected)
+
+    def tripwire(*args, **kwargs):
+        pytest.fail("a model was built although the input is bad")
+
+    monkeypatch.setattr(segtune.training, "load_model", tripwire)
+    monkeypatch.setattr(segtune.training, "training_processor", tripwire)
+    code = main(["train", "--data", str(path), "--output-dir", str(tmp_path / "run"), "--model", "mit-b0",
+                 "--max_steps", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in out + err
+    lines = [line.removeprefix("segtune: error: ") for line in err.splitlines() if line.startswith("segtune: error:")]
+    assert sorted(lines) == sorted(expected)
+    assert not (tmp_path / "run").exists()
+    data = load_data(path, val_split=0.3, seed=0)  # --skip-bad: the six good images
+    assert checked_labels(data, None, skip_bad=True).names == ("background", "road", "car")
+    assert sorted(s.image.name for s in data.train + data.val) == [f"im{i}.png" for i in range(1, 7)]
+
+
+def test_bad_yolo_label_lines_each_get_their_line(tmp_path, capsys):
+    root = tmp_path / "yolo"
+    for stem in ("a", "b", "c", "d"):
+        write_image(root / "images" / "train" / f"{stem}.jpg", seed=len(stem))
+    labels = root / "labels" / "train"
+    labels.mkdir(parents=True)
+    (labels / "a.txt").write_text("0 0.1 0.1 0.9 0.1 0.5 0.9\n")
+    (labels / "b.txt").write_text("0 0.1 0.1 0.9 0.1 0.5 0.9\n5 0.1 0.1 0.9 0.1 0.5 0.9\n1 0.5 0.5 0.2 0.2\n")
+    (labels / "c.txt").write_text("1 0.1 0.1 0.9 0.1\nroad 0.1 0.1 0.9 0.1 0.5 0.9\n0 0.1 0.1 1.9 0.1 0.5 0.9\n")
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nnames: [road, car]\nnc: 2\n")
+    code = main(["inspect", "--data", str(root / "data.yaml"), "--output-dir", str(tmp_path / "out")])
+    assert code == 1
+    b, c = labels / "b.txt", labels / "c.txt"
+    assert sorted(json.loads((tmp_path / "out" / "inspect.json").read_text())["blocking_problems"]) == sorted([
+        f"{b}: line 2 (image b.jpg): class 5 is not one of the 2 classes 0..1 in 'names'",
+        f"{b}: line 3 (image b.jpg): polygon with 2 point(s) (at least 3 needed) (a detection box: this needs "
+        "segmentation labels)",
+        f"{c}: line 1 (image c.jpg): polygon with 2 point(s) (at least 3 needed) (a detection box: this needs "
+        "segmentation labels)",
+        f"{c}: line 2 (image c.jpg): expected a class id and x y pairs, got 'road 0.1 0.1 0.9 0.1 0.5 0.9'",
+        f"{c}: line 3 (image c.jpg): coordinates must be normalised to 0..1",
+    ])

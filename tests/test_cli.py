@@ -80,3 +80,18 @@ def test_a_required_option_missing_is_one_line(capsys):
     assert capsys.readouterr().err.strip() == "segtune: error: --data is required"
     assert main(["evaluate", "--data", "d"]) == 1
     assert "give one of --model" in capsys.readouterr().err
+
+
+def test_parsing_a_command_other_than_train_does_not_import_the_trainer():
+    """Building train's parser imports transformers' Trainer and TrainingArguments (seconds of
+    start-up); `segtune predict` and the others parse without them."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from segtune.cli import parse; parse(['predict', '--model', 'm', 'x.jpg']); "
+            "parse(['evaluate', '--model', 'm', '--data', 'd']); "
+            "print(sorted(m for m in ('transformers.trainer', 'transformers.training_args', 'segtune.training') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -13,7 +13,8 @@ from segtune.training import run_training
 
 RUN_ARGS = ["--reduce-labels", "--base-size", "64", "--crop-size", "48", "--max_steps", "8", "--eval_steps", "4",
             "--learning_rate", "2e-3", "--per_device_train_batch_size", "4", "--disable_tqdm", "true",
-            "--seed", "5", "--logging_steps", "1"]
+            "--seed", "5", "--logging_steps", "1",
+            "--bf16", "true"]  # bf16 autocast on any CPU (native or emulated): repeatable and resumable too
 
 
 def options(data, model, out, *extra):
@@ -47,6 +48,19 @@ def test_same_seed_same_metrics_with_any_number_of_workers(reference, demo_datas
     assert losses(tmp_path / "again") == losses(ref_dir)
     want, got = weights(ref_dir), weights(tmp_path / "again")
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_bf16_run_scores_in_float32_as_segtune_evaluate_does(reference, demo_dataset, tmp_path):
+    """bf16 autocast trains; the evaluation inside training stays exact float32 (accelerate's autocast
+    wrapper of the forward is not used to score), so it equals segtune evaluate of the saved model."""
+    from segtune.cli import main
+
+    ref_dir, ref_metrics = reference
+    assert main(["evaluate", "--model", str(ref_dir), "--data", str(demo_dataset), "--reduce-labels",
+                 "--output-dir", str(tmp_path / "scored")]) == 0
+    scored = json.loads((tmp_path / "scored" / "metrics.json").read_text())
+    for key in ("mean_iou", "overall_accuracy", "per_category_iou"):
+        assert ref_metrics[key] == scored[key], key
 
 
 def test_another_seed_gives_another_run(reference, demo_dataset, tiny_model_dir, tmp_path):
@@ -125,7 +139,7 @@ def test_model_card_records_what_the_run_used_and_no_local_path(reference, demo_
     assert "num_train_epochs" not in rows  # max_steps decides the length
     assert (rows["train_samples"], rows["validation_samples"]) == ("12", "4")
     assert (rows["gradient_accumulation_steps"], rows["world_size"], rows["effective_batch_size"]) == ("1", "1", "4")
-    assert rows["precision"] == "fp32" and rows["recipe"] == "segformer"
+    assert rows["precision"] == "bf16" and rows["recipe"] == "segformer"
     for local in (str(demo_dataset), str(tiny_model_dir), str(ref_dir), "/tmp"):
         assert local not in text
     assert f"on `{demo_dataset.name}`" in text and rows["model"] == tiny_model_dir.name

@@ -327,3 +327,20 @@ def test_serves_an_exported_model(serve_model_dir, tmp_path):
         assert r.status_code == 200
         want = Segmenter.from_pretrained(export, runtime="onnxruntime")(image)
         np.testing.assert_array_equal(np.array(Image.open(io.BytesIO(r.content))), want)
+
+
+def test_serve_folds_the_segformer_head_as_predict_does(serve_model_dir):
+    """--fold-head auto (the default): folded for a SegFormer run by torch on a CPU, as segtune predict;
+    --fold-head false keeps transformers' own head; both answer the label maps predict writes."""
+    from segtune.options import ServeOptions
+    from segtune.serve import load_segmenter
+
+    image = rgb(15, 40, 56)
+    for fold, expected in ((None, True), (False, False)):
+        segmenter = load_segmenter(ServeOptions(model=str(serve_model_dir), device="cpu", fold_head=fold))
+        assert segmenter.fold_head is expected
+        want = Segmenter.from_pretrained(serve_model_dir, device="cpu", fold_head=fold)(image)
+        with TestClient(create_app(segmenter)) as c:
+            r = c.post("/v1/segment", content=png_bytes(image), headers={"Content-Type": "image/png"})
+            assert r.status_code == 200
+            np.testing.assert_array_equal(np.array(Image.open(io.BytesIO(r.content))), want)

@@ -70,7 +70,8 @@ def load_segmenter(opts):
 
     return Segmenter.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype, runtime=opts.runtime,
                                      threads=opts.threads, trust_remote_code=opts.trust_remote_code,
-                                     mode=opts.mode, tta=opts.tta, batch_size=opts.max_batch_size)
+                                     mode=opts.mode, tta=opts.tta, batch_size=opts.max_batch_size,
+                                     fold_head=opts.fold_head)
 
 
 def tune_malloc() -> bool:

@@ -11,6 +11,8 @@ the rules for reading masks, in one file beside the data.
     binary: true                 # 0/255 masks: background 0, foreground 1 (values >= 128)
     # or: dataset: scene_parse_150 (a Hub name, a save_to_disk folder or parquet), with
     # config, train_split, eval_split, image_column, label_column, streaming
+    # or: format: coco | yolo | voc | cvat | label-studio, with background: class | ignore (exports.py);
+    # an Ultralytics data.yaml is recognised as it is
 
 The command line's suffixes and `datasets` options win over the file's.
 """
@@ -26,11 +28,14 @@ from ..errors import SegtuneError
 from ..labels import LabelSet, _from_entries
 from .folders import FolderSpec, pair_folder
 from .hf import load_hf
+from .exports import export_format, load_export
 from .splits import with_validation
+from .yolo import is_yolo
 
 YAML_KEYS = {"path", "train", "val", "train_masks", "val_masks", "train_list", "val_list", "image_suffix",
              "mask_suffix", "names", "colors", "ignore_index", "reduce_labels", "label_map", "binary", "dataset",
-             "config", "train_split", "eval_split", "image_column", "label_column", "streaming"}
+             "config", "train_split", "eval_split", "image_column", "label_column", "streaming", "format",
+             "background"}
 
 
 def _yaml_spec(path: Path) -> dict:
@@ -38,10 +43,11 @@ def _yaml_spec(path: Path) -> dict:
         spec = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise SegtuneError(f"{path}: cannot read data file ({str(e).splitlines()[0]})") from None
-    if not isinstance(spec, dict) or not ({"train", "val", "dataset"} & spec.keys()):
+    if not isinstance(spec, dict) or not ({"train", "val", "dataset"} & spec.keys()) \
+            and spec.get("format") not in ("voc", "cvat"):  # a VOC / CVAT folder has its own splits
         raise SegtuneError(f"{path}: data file needs 'train' and/or 'val' entries, or a 'dataset'")
     unknown = sorted(set(spec) - YAML_KEYS)
-    if unknown:
+    if unknown and not is_yolo(path, spec):  # an Ultralytics file has keys of its own (nc, test, ...)
         raise SegtuneError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(YAML_KEYS))})")
     for key in ("path", "train_masks", "val_masks", "train_list", "val_list", "image_suffix", "mask_suffix"):
         if key in spec and not isinstance(spec[key], str):
@@ -115,6 +121,9 @@ def _from_yaml(path: Path, val_split: float, seed: int, suffixes: dict,
     spec = {**_yaml_spec(path), **suffixes}  # the command line wins
     rules = _yaml_rules(path, spec)
     root = (path.parent / spec.get("path", ".")).resolve()
+    fmt = export_format(path, spec)  # COCO, YOLO, VOC / CVAT, Label Studio (sources/exports.py)
+    if fmt is not None:
+        return load_export(fmt, path, spec, root, val_split, seed, rules)
     if "dataset" in spec:
         target = spec["dataset"]
         local = root / target if isinstance(target, str) and (root / target).exists() else None
