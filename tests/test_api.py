@@ -370,6 +370,8 @@ trainer = Trainer(model=model, args=args, eval_dataset=val, data_collator=val.co
 metrics = trainer.evaluate()
 if trainer.is_world_process_zero():
     json.dump(metrics, open(out, "w"))
+if torch.distributed.is_initialized():  # as segtune's runs do: a process group left to the interpreter's
+    torch.distributed.destroy_process_group()  # exit can abort there ("terminate called without an active exception")
 '''
 
 
