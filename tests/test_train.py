@@ -130,26 +130,27 @@ def test_report_to_a_missing_package_is_one_line_before_any_data_is_read(demo_da
 def test_bf16_is_the_default_on_a_gpu_that_has_it_and_the_user_can_turn_it_off(tmp_path, monkeypatch):
     import torch
 
-    import segtune.training as train
+    import segtune.precision as precision
 
-    monkeypatch.setattr(train, "gpu_training", lambda values: True)
+    monkeypatch.setattr(precision, "gpu_training", lambda values: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert train.precision_default({}, {}) == {"bf16": True}
-    assert train.precision_default({}, {"bf16": False}) == {}
-    assert train.precision_default({}, {"fp16": True}) == {}
+    assert precision.precision_default({}, {}) == {"bf16": True}
+    assert precision.precision_default({}, {"bf16": False}) == {}
+    assert precision.precision_default({}, {"fp16": True}) == {}
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a T4
-    assert train.precision_default({}, {}) == {}
+    assert precision.precision_default({}, {}) == {}
 
 
 def test_bf16_is_the_default_on_a_cpu_with_native_bf16_only(tmp_path, monkeypatch):
+    import segtune.precision as precision
     import segtune.training as train
 
-    monkeypatch.setattr(train, "gpu_training", lambda values: False)
-    monkeypatch.setattr(train, "cpu_native_bf16", lambda: "AVX512-BF16")
+    monkeypatch.setattr(precision, "gpu_training", lambda values: False)
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: "AVX512-BF16")
     args = train.training_arguments(tmp_path, {})
     assert args.bf16 and args.use_cpu
     assert train.training_arguments(tmp_path, {"bf16": False}).bf16 is False
-    monkeypatch.setattr(train, "cpu_native_bf16", lambda: None)  # emulated bf16 is slower: float32 stays
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: None)  # emulated bf16 is slower: float32 stays
     assert train.training_arguments(tmp_path, {}).bf16 is False
     # --bf16 true on a CPU works without --use_cpu (the Trainer alone refuses it)
     args = train.training_arguments(tmp_path, {"bf16": True})
