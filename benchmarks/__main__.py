@@ -31,7 +31,7 @@ FULL = {  # about 0.7 + 2.5 + 2.5 + 0.4 + 0.2 + 8 + 0.5 minutes on a quiet 2-cor
     "metric_speed": [],
     "predict_speed": ["--images", "200", *PREDICT_METHODS],  # the folder of 200 images, one round
     "flops": [],
-    "models": [],  # one model per architecture, 200 steps of batch 4 at crop 256 each (docs/models.md)
+    "models": [],  # one model per architecture, 50 steps of batch 4 at crop 256 each (docs/models.md)
 }
 GPU = {  # a GPU is fast: more images and rounds, and every predict method (bf16 included)
     "train_speed": ["--steps", "30", "--warmup", "5", "--rounds", "2"],

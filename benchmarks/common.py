@@ -171,13 +171,9 @@ class OtherLoad:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from segtune.precision import cpu_name
+
+    return cpu_name()
 
 
 def _memory_gb() -> float | None:

@@ -2,7 +2,7 @@
 and with ONNX Runtime, and the mean IoU after the same short from-scratch budget on the CamVid development
 data (docs/models.md).
 
-    python -m benchmarks.models [--names mit-b0,upernet-convnext-tiny] [--steps 200] [--batch 4] [--crop 256]
+    python -m benchmarks.models [--names mit-b0,upernet-convnext-tiny] [--steps 50] [--batch 4] [--crop 256]
                                 [--images 3] [--quick] [--no-write]
 
 Models are the offline names (full-size configs, random weights: the Hub is not needed). GFLOP: one
@@ -10,7 +10,7 @@ forward pass on a 512x512 image (or the fixed square a model takes, BEiT 640, DP
 products and convolutions only (FlopCounterMode, 2 per multiply-add). Speed: batch 1, the same input,
 1 untimed and `--images` timed passes, torch float32 and ONNX Runtime (segtune export's graph). mIoU:
 `segtune train` from random weights, `--steps` steps of batch `--batch` at crop `--crop` (a fixed-size
-model has its image_size set to the crop for this, so every model sees the same pixels), scored by the
+model, and UperNet-Swin's backbone, has its image_size set to the crop, so every model sees the same pixels), scored by the
 final evaluation on the validation split at the original annotation size. `--quick`: two small models,
 a few steps. Writes benchmarks/results/models.json and prints the table.
 """
@@ -43,6 +43,9 @@ def build(name: str, image_size: int | None = None):
     config.num_labels = CLASSES
     if image_size and hasattr(config, "image_size"):
         config.image_size = image_size
+    backbone = getattr(config, "backbone_config", None)
+    if image_size and backbone is not None and hasattr(backbone, "image_size"):  # UperNet-Swin's window grid
+        backbone.image_size = image_size
     torch.manual_seed(0)
     return AutoModelForSemanticSegmentation.from_config(config).eval()
 
@@ -103,7 +106,7 @@ def short_training(name: str, steps: int, batch: int, crop: int, data: Path, fol
     from segtune import api
     from segtune.architectures import OFFLINE_NAMES, input_size
 
-    model = build(name, image_size=crop if OFFLINE_NAMES[name].fixed_size else None)
+    model = build(name, image_size=crop if OFFLINE_NAMES[name].fixed_size or name.startswith("upernet-swin") else None)
     base = folder / "base"
     model.save_pretrained(base)
     del model
@@ -118,7 +121,7 @@ def short_training(name: str, steps: int, batch: int, crop: int, data: Path, fol
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", default=None, help="comma-separated offline names (default: one per architecture)")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--images", type=int, default=3)
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
     from segtune.architectures import OFFLINE_NAMES
 
     began, rows = time.perf_counter(), []
-    for name in names:
+    for name in names:  # every speed first, in a few minutes: the long trainings after them need no quiet machine
         started = time.perf_counter()
         model = build(name)
         side = input_side(model)
@@ -141,12 +144,18 @@ def main(argv=None) -> int:
                "gflop": gflop(model, side)}
         row.update({f"images_per_s_{k}": v for k, v in speeds(model, side, args.images).items()})
         del model
-        if Path(args.data).exists() and args.steps > 0:
-            with tempfile.TemporaryDirectory(prefix="segtune-models-") as tmp:
-                row["mean_iou"] = short_training(name, args.steps, args.batch, args.crop, Path(args.data), Path(tmp))
         row["seconds"] = round(time.perf_counter() - started, 1)
         print(f"{name}: {row}", file=sys.stderr, flush=True)
         rows.append(row)
+    print(f"speeds measured ({time.perf_counter() - began:.0f} s); now the short trainings", file=sys.stderr, flush=True)
+    for row in rows:
+        if Path(args.data).exists() and args.steps > 0:
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix="segtune-models-") as tmp:
+                row["mean_iou"] = short_training(row["name"], args.steps, args.batch, args.crop, Path(args.data),
+                                                 Path(tmp))
+            row["training_seconds"] = round(time.perf_counter() - started, 1)
+            print(f"{row['name']}: mean IoU {row['mean_iou']:.4f}", file=sys.stderr, flush=True)
 
     def fmt(v, spec):
         return "n/a" if v is None else format(v, spec)

@@ -1,8 +1,10 @@
 """Training images per second: `segtune train`'s path (its own `run_training`, recipe, dataset and
 defaults) against the seed-style path (the tutorial's Dataset and TrainingArguments on a plain
 `Trainer`), on the same data and model (mit-b0 from its config, random seeded weights), crop 512,
-batch 2. segtune runs twice: with its defaults (bf16 autocast where the CPU or GPU has native bf16)
-and in float32 (`--bf16 false`), so the precision's share of the gain shows in the same run.
+batch 2. segtune runs three times: with its defaults (bf16 autocast where the CPU or GPU runs native
+bf16 faster than float32, docs/train.md#precision), in float32 (`--bf16 false`) and in bf16 (`--bf16
+true`), so the precision's share of the gain, and whether the default picked the faster one, shows
+in the same run.
 
     python -m benchmarks.train_speed [--data examples/camvid-mini.yaml] [--steps 30] [--warmup 3] [--rounds 1]
     python -m benchmarks.train_speed --cpu-isa avx2 --sides segtune-fp32 segtune-bf16   # a CPU without bf16
@@ -34,7 +36,7 @@ from benchmarks.common import (REPO, OtherLoad, command, describe, machine, mark
 
 DEFAULT_DATA = REPO / "examples" / "camvid-mini.yaml"
 SIDES = ("segtune", "segtune-fp32", "segtune-bf16", "seed")
-DEFAULT_SIDES = ("segtune", "segtune-fp32", "seed")
+DEFAULT_SIDES = ("segtune", "segtune-fp32", "segtune-bf16", "seed")  # the default is either of the two: both shown
 BATCH, CROP = 2, 512
 TARGET = {"cpu": 1.0, "cpu-bf16": 1.5, "cuda": 2.0}  # the issues': no slower on a CPU, 1.5x with native bf16,
 # twice as fast on a GPU

@@ -182,7 +182,7 @@ def of_config(config) -> Architecture | None:
 def of_processor(processor) -> Architecture | None:
     """The fixed-size architectures have processors of their own, so a processor names its constraint;
     SegFormer's processor (also UperNet's) says nothing of the architecture, which is size-free."""
-    name = type(processor).__name__.removesuffix("Pil").removesuffix("Fast")
+    name = (getattr(processor, "processor_class", None) or type(processor).__name__).removesuffix("Pil").removesuffix("Fast")
     for arch in ARCHITECTURES.values():
         if arch.processor.removesuffix("Pil") == name and arch.fixed_size:
             return arch
@@ -197,11 +197,13 @@ def runner_input_size(runner) -> int | None:
         return input_size(model.config)
     path = getattr(runner, "path", None)
     if path is not None and (Path(path).parent / "config.json").is_file():
-        from transformers import AutoConfig
+        import json
+        from types import SimpleNamespace
 
-        try:
-            return input_size(AutoConfig.from_pretrained(Path(path).parent))
-        except (OSError, ValueError):
+        try:  # read as JSON: transformers' AutoConfig is not needed (nor its import) to find a size
+            return input_size(json.loads((Path(path).parent / "config.json").read_text(),
+                                         object_hook=lambda d: SimpleNamespace(**d)))
+        except (OSError, ValueError, TypeError, AttributeError):
             return None
     return None
 

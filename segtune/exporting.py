@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 from .errors import SegtuneError
-from .runners_onnx import INPUT_NAME, META_CONFIG, META_LABELS, META_PROCESSOR, ONNX_FILE, OUTPUT_NAME, require
+from .preprocess import FastPreprocess
+from .runners_onnx import (INPUT_NAME, META_CONFIG, META_FAST, META_LABELS, META_PROCESSOR, ONNX_FILE, OUTPUT_NAME,
+                           require)
 
 log = logging.getLogger("segtune")
 
@@ -122,6 +124,9 @@ def add_metadata(path: Path, labels, processor, config) -> None:
         labels.to_json(Path(tmp, "labels.json"))
         entries = {META_LABELS: Path(tmp, "labels.json").read_text(), META_PROCESSOR: processor.to_json_string(),
                    META_CONFIG: config.to_json_string()}
+    fast = FastPreprocess.of(processor)
+    if fast is not None:  # checked here, with the processor's class at hand: the exported model runs without it
+        entries[META_FAST] = json.dumps(fast.settings())
     model = onnx.load(str(path))
     for key, value in entries.items():
         prop = model.metadata_props.add()
@@ -175,13 +180,12 @@ def check_images(check_data: str | None, count: int, label_options=None):
     from .data import read_image
     from .prediction import collect_images
 
+    from .sources import is_dataset, load_data
+
     path = Path(check_data)
-    plain = path.is_dir() and not any((path / d).is_dir() for d in ("annotations", "images")) \
-        and not any(path.glob("*.parquet")) and not (path / "dataset_dict.json").is_file()
-    if plain:  # a folder of images, no masks
+    if not is_dataset(path):  # a folder of images, no masks
         entries = collect_images([str(path)])
         return str(path), [(read_image(e.path), None) for e in _spread(entries, count)], None
-    from .sources import load_data
 
     data = load_data(check_data)
     if label_options is not None:

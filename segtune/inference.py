@@ -45,6 +45,7 @@ from .errors import SegtuneError
 from .labels import LabelSet, load_labels
 from .model import load_processor
 from .postprocess import class_argmax, upsampled_argmax
+from .preprocess import FastPreprocess
 from .runners import TorchRunner, resolve_device, resolve_dtype
 
 MODES = ("auto", "whole", "slide")
@@ -147,6 +148,7 @@ class Segmenter:
             raise SegtuneError(f"--mode {mode}: choose {', '.join(MODES)}")
         self.runner = TorchRunner(model) if isinstance(model, torch.nn.Module) else model
         self.processor, self.labels = processor, labels
+        self.fast_preprocess = FastPreprocess.of(processor)  # None: the processor's own call
         self.mode, self.tta, self.flip = mode, bool(tta), bool(flip)
         self.scales = tuple(float(s) for s in scales) if tta else (1.0,)
         if not self.scales or min(self.scales) <= 0:
@@ -194,8 +196,6 @@ class Segmenter:
         `model_dir` may also be an exported model (`segtune export`: a model.onnx, or the folder holding
         it), run by `runtime` "onnxruntime" (its default) or "openvino" on the CPU; "torch" (the default
         for a model folder) runs the transformers model. `threads`: the runtime's threads (default: torch's)."""
-        from transformers import AutoModelForSemanticSegmentation
-
         from .hub import check_hub
         from .runners_onnx import RUNTIMES, load_exported, onnx_path
 
@@ -218,6 +218,8 @@ class Segmenter:
             torch.set_num_threads(threads)
         dev, dt = resolve_device(device), resolve_dtype(dtype)
         check_hub(model_dir)  # offline: one line at once, not 25 s of retries
+        from transformers import AutoModelForSemanticSegmentation  # here: an exported model runs without it
+
         try:
             model = AutoModelForSemanticSegmentation.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         except OSError as e:
@@ -289,6 +291,8 @@ class Segmenter:
             pass
         elif ratio != 1.0 or (keep_aspect and self.scale and not _shortest_edge(self.processor)):
             kwargs = self._resize_kwargs(image, ratio, keep_aspect)
+        if self.fast_preprocess is not None and kwargs.keys() <= {"size"} and image.mode == "RGB":
+            return self.fast_preprocess(image, kwargs.get("size"))
         return self.processor(images=image, return_tensors="pt", **kwargs)["pixel_values"][0]
 
     def _resize_kwargs(self, image, ratio: float, keep_aspect: bool) -> dict:

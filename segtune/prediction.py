@@ -91,11 +91,9 @@ def ground_truth_masks(path: Path) -> tuple[list, MaskRules | None]:
     sub-folders too) or of any dataset `load_data` reads, and that dataset's own mask rules (a data
     file's label_map, ignore_index, reduce_labels, colours); None for a plain folder."""
     from .data import MASK_SUFFIXES
-    from .sources import load_data
-    from .sources.exports import folder_loader
+    from .sources import is_dataset, load_data
 
-    if path.is_dir() and not (path / "annotations").is_dir() and not any(path.glob("*.parquet")) \
-            and not (path / "dataset_dict.json").is_file() and folder_loader(path) is None:  # VOC, Label Studio
+    if not is_dataset(path):
         masks = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in MASK_SUFFIXES
                  and not any(part.startswith(".") for part in p.relative_to(path).parts)]
         return [Sample(p, p) for p in masks], None

@@ -27,6 +27,7 @@ ONNX_FILE = "model.onnx"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 # keys of the ONNX metadata (metadata_props) that segtune export writes
 META_LABELS, META_PROCESSOR, META_CONFIG = "segtune.labels", "segtune.preprocessor_config", "segtune.config"
+META_FAST = "segtune.fast_preprocess"  # FastPreprocess settings (segtune/preprocess.py), where exact for the processor
 EXTRAS = {"onnxruntime": "onnx", "onnx": "onnx", "openvino": "openvino"}
 
 
@@ -124,7 +125,7 @@ class OpenVinoRunner:
         outputs = [o.get_any_name() for o in model.outputs]
         self.output = outputs.index(OUTPUT_NAME) if OUTPUT_NAME in outputs else 0
         self.metadata = {}
-        for key in (META_LABELS, META_PROCESSOR, META_CONFIG):  # ONNX metadata_props, as OpenVINO keeps them
+        for key in (META_LABELS, META_PROCESSOR, META_CONFIG, META_FAST):  # ONNX metadata_props, as OpenVINO keeps them
             if model.has_rt_info(["framework", key]):
                 self.metadata[key] = model.get_rt_info(["framework", key]).astype(str)
         config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[dtype], "INFERENCE_NUM_THREADS": self.threads,
@@ -190,7 +191,12 @@ def load_exported(model: str | Path, runtime: str = "onnxruntime", dtype: torch.
     else:
         raise SegtuneError(f"{path}: no class names: neither labels.json beside it nor segtune's ONNX metadata "
                            "(export it with segtune export)")
-    if (folder / "preprocessor_config.json").is_file() and (folder / "config.json").is_file():
+    beside = folder / "preprocessor_config.json"
+    if META_FAST in meta and (not beside.is_file() or _same_json(beside.read_text(), meta.get(META_PROCESSOR))):
+        from .preprocess import SavedProcessor
+
+        processor = SavedProcessor(json.loads(meta[META_FAST]))  # exact, and no transformers import
+    elif beside.is_file() and (folder / "config.json").is_file():
         processor = load_processor(folder)
     elif META_PROCESSOR in meta:
         with tempfile.TemporaryDirectory(prefix="segtune-onnx-") as tmp:
@@ -201,6 +207,13 @@ def load_exported(model: str | Path, runtime: str = "onnxruntime", dtype: torch.
         raise SegtuneError(f"{path}: no image processor: neither preprocessor_config.json beside it nor segtune's "
                            "ONNX metadata (export it with segtune export)")
     return runner, processor, labels
+
+
+def _same_json(text: str, other: str | None) -> bool:
+    try:
+        return other is not None and json.loads(text) == json.loads(other)
+    except ValueError:
+        return False
 
 
 def _labels_from_json(text: str, path: Path):

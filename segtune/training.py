@@ -22,7 +22,7 @@ from .hub import check_hub
 from .architectures import OFFLINE_NAMES
 from .model import DEFAULT_MODEL, load_model, training_processor
 from .options import CommonOptions, LabelOptions, SourceOptions, flag, option
-from .precision import cpu_native_bf16, precision_default
+from .precision import bf16_default_line, precision_default
 from .sources.splits import write_splits
 from .trainer import InterruptCheckpoint, JsonlLogger, SegmentationTrainer, TrainDataset
 from .transforms import AugmentConfig, ProcessorTransform, train_transform
@@ -312,8 +312,7 @@ def run_training(opts: TrainOptions) -> dict:
     args = training_arguments(opts.output_dir, {**recipe_defaults, **opts.training},
                               streaming=streamed)
     if args.bf16 and args.use_cpu and "bf16" not in opts.training and args.process_index == 0:
-        print(f"segtune: training in bf16 autocast: this CPU has native bf16 ({cpu_native_bf16()}), 1.4-1.8x "
-              "float32 at equal accuracy (docs/train.md#precision); --bf16 false keeps float32")
+        print(bf16_default_line())
     if streamed and args.max_steps <= 0:
         raise SegtuneError(f"{opts.data}: a streamed dataset has no length: give --max_steps")
     if not streamed:

@@ -225,10 +225,16 @@ def train_transform(cfg: AugmentConfig, mean, std, ignore_index: int) -> Compose
 
 
 class ProcessorTransform:
-    """Evaluation/prediction preprocessing: exactly the saved image processor."""
+    """Evaluation/prediction preprocessing: exactly the saved image processor (through its bit-equal
+    fast path, segtune/preprocess.py, where it has one)."""
 
     def __init__(self, processor):
+        from .preprocess import FastPreprocess
+
         self.processor = processor
+        self.fast = FastPreprocess.of(processor)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        if self.fast is not None and image.mode == "RGB":
+            return self.fast(image)
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]

@@ -275,6 +275,23 @@ def test_cvat_segmentation_mask_export_with_labelmap(tmp_path):
         bad.read_mask(data.rules)
 
 
+def test_export_check_data_and_show_gt_read_a_voc_folders_masks(tmp_path):
+    # export --check-data and predict --show-gt ask one question (segtune.sources.is_dataset): a VOC
+    # folder is a dataset, so its masks are read, not taken for a folder of plain images.
+    from segtune.exporting import check_images
+    from segtune.prediction import ground_truth_masks
+
+    masks = random_masks(5, classes=21)
+    root = voc_folder(tmp_path / "voc", masks, None, palette_mode=True)
+    source, images, ignore = check_images(str(root), 2, None)
+    assert len(images) == 2 and ignore == 255
+    for image, mask in images:
+        assert mask is not None and mask.shape == (image.height, image.width)
+        assert any(np.array_equal(mask, m) for m in masks.values())
+    pairs, rules = ground_truth_masks(root)
+    assert rules is not None and sorted(p.stem for p in pairs) == sorted(masks)
+
+
 # ---------------------------------------------------------------- Label Studio
 
 

@@ -229,6 +229,34 @@ def test_the_segmenter_runs_an_export_folder_or_file(run):
         assert bf16(image).shape == reference(image).shape
 
 
+def test_an_export_runs_without_transformers_and_preprocesses_as_its_processor(run, tmp_path):
+    import subprocess
+
+    from segtune.inference import Segmenter
+    from segtune.model import load_processor
+    from segtune.preprocess import SavedProcessor
+
+    data, model, export = run
+    segmenter = Segmenter.from_pretrained(export)
+    assert isinstance(segmenter.processor, SavedProcessor)  # from the ONNX metadata segtune export wrote
+    processor = load_processor(model)
+    for path in sorted((data / "images").iterdir())[:3]:
+        image = Image.open(path).convert("RGB")
+        assert torch.equal(segmenter.processor(images=image)["pixel_values"],
+                           processor(images=image, return_tensors="pt")["pixel_values"])
+    script = (f"import sys\nfrom segtune.inference import Segmenter\ns = Segmenter.from_pretrained({str(export)!r})\n"
+              f"s.predict([{str(path)!r}])\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"  # no processor class, no AutoConfig: about a second less start-up
+    edited = tmp_path / "edited"  # a processor edited beside the model wins over the metadata
+    shutil.copytree(export, edited)
+    settings = json.loads((edited / "preprocessor_config.json").read_text())
+    settings["size"] = {"shortest_edge": 40}
+    (edited / "preprocessor_config.json").write_text(json.dumps(settings))
+    other = Segmenter.from_pretrained(edited)
+    assert not isinstance(other.processor, SavedProcessor) and other.processor.size.shortest_edge == 40
+
+
 def test_metadata_alone_describes_a_bare_onnx_file(run, tmp_path):
     from segtune.inference import Segmenter
 

@@ -147,14 +147,39 @@ def test_bf16_is_the_default_on_a_cpu_with_native_bf16_only(tmp_path, monkeypatc
 
     monkeypatch.setattr(precision, "gpu_training", lambda values: False)
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: "AVX512-BF16")
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 1.9)
     args = train.training_arguments(tmp_path, {})
     assert args.bf16 and args.use_cpu
     assert train.training_arguments(tmp_path, {"bf16": False}).bf16 is False
-    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: None)  # emulated bf16 is slower: float32 stays
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 0.56)  # native but slower (an Intel Xeon here)
+    assert train.training_arguments(tmp_path, {}).bf16 is False
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: None)  # emulated bf16 is slower: float32 stays
     assert train.training_arguments(tmp_path, {}).bf16 is False
     # --bf16 true on a CPU works without --use_cpu (the Trainer alone refuses it)
     args = train.training_arguments(tmp_path, {"bf16": True})
     assert args.bf16 and args.use_cpu
+
+
+def test_the_cpu_bf16_probe_is_measured_once_per_machine_and_torchrun_skips_it(tmp_path, monkeypatch):
+    import segtune.precision as precision
+
+    assert 0 < precision.measure_bf16_speedup(reps=1) < float("inf")  # a real timing, on this CPU
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: "AVX512-BF16")
+    monkeypatch.setattr(precision, "measure_bf16_speedup", lambda: 0.56)
+    assert precision.cpu_bf16_speedup() == 0.56 and not precision.cpu_bf16_default()
+    monkeypatch.setattr(precision, "measure_bf16_speedup", lambda: 2.0)  # a noisy second timing changes nothing
+    assert precision.cpu_bf16_speedup() == 0.56
+    cached = json.loads((tmp_path / "segtune" / "cpu_bf16.json").read_text())
+    assert list(cached.values()) == [0.56] and "AVX512-BF16" in next(iter(cached))
+    (tmp_path / "segtune" / "cpu_bf16.json").write_text("{not json")  # a broken cache is measured again
+    assert precision.cpu_bf16_speedup() == 2.0 and precision.cpu_bf16_default()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # ranks must agree: native bf16 alone decides
+    monkeypatch.setattr(precision, "measure_bf16_speedup", lambda: pytest.fail("measured under torchrun"))
+    assert precision.cpu_bf16_default()
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: None)
+    assert precision.cpu_bf16_speedup() is None and not precision.cpu_bf16_default()
 
 
 def test_report_to_takes_a_comma_separated_list_and_plain_refuses_a_head_multiple(tmp_path):

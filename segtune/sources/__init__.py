@@ -25,8 +25,18 @@ from .folders import FolderSpec, is_layout, load_layout, pair_folder
 from .hf import is_hf_source, load_hf
 from .splits import labels_beside, split_samples
 
-__all__ = ["FolderSpec", "SegmentationData", "StreamedData", "YAML_KEYS", "labels_beside", "load_data", "load_hf",
-           "pair_folder", "split_samples"]
+__all__ = ["FolderSpec", "SegmentationData", "StreamedData", "YAML_KEYS", "is_dataset", "labels_beside", "load_data",
+           "load_hf", "pair_folder", "split_samples"]
+
+
+def is_dataset(path: str | Path) -> bool:
+    """Whether `load_data` takes `path` for a dataset (a data file, a Hub name, a dataset folder in a
+    layout it knows) rather than a plain folder of images or of masks. One test for every command that
+    accepts either (predict --show-gt, export --check-data), so they agree on every format."""
+    path = Path(path)
+    if not path.is_dir():
+        return True
+    return is_layout(path) or is_hf_source(path) or folder_loader(path) is not None
 
 
 def load_data(path: str | Path, val_split: float = 0.2, seed: int = 42, *, image_suffix: str | None = None,
