@@ -111,6 +111,26 @@ class _EpochSetter(TrainerCallback):
             self.trainer.epoch_sampler.set_epoch(int(state.epoch or 0))
 
 
+def loss_with_auxiliary(model, pixel_values, labels, loss):
+    """-> (loss, outputs): `loss` (segtune's, segtune/losses.py) of the model's logits, plus, for a model
+    with an auxiliary head (UperNet, BEiT, Data2Vec-Vision, DPT), `config.auxiliary_loss_weight` times
+    the same loss of that head's logits, as the model's own loss adds its cross-entropy. The models run
+    their auxiliary head in every forward pass but return only the main logits: a forward hook keeps
+    the head's output."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel's wrapper
+    head, kept = getattr(inner, "auxiliary_head", None), []
+    hook = head.register_forward_hook(lambda module, args, output: kept.append(output)) if head is not None else None
+    try:
+        outputs = model(pixel_values=pixel_values)
+    finally:
+        if hook is not None:
+            hook.remove()
+    value = loss(outputs.logits, labels)
+    if kept and torch.is_tensor(kept[0]):
+        value = value + getattr(inner.config, "auxiliary_loss_weight", 0.4) * loss(kept[0], labels)
+    return value, outputs
+
+
 class SegmentationTrainer(Trainer):
     """Evaluation by streaming confusion matrix instead of stacking every logit.
 
@@ -161,8 +181,7 @@ class SegmentationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.loss is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        outputs = model(pixel_values=inputs["pixel_values"])
-        loss = self.loss(outputs.logits, inputs["labels"])
+        loss, outputs = loss_with_auxiliary(model, inputs["pixel_values"], inputs["labels"], self.loss)
         return (loss, outputs) if return_outputs else loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):

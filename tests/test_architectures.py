@@ -133,6 +133,37 @@ def test_the_ignore_index_reaches_the_models_own_loss(kind):
         assert not torch.isfinite(model(pixel_values=x, labels=y).loss) or float(model(pixel_values=x, labels=y).loss) == 0
 
 
+@pytest.mark.parametrize("kind", [k for k in KINDS if getattr(tiny_config(k), "use_auxiliary_head", False)])
+def test_segtunes_own_losses_train_the_auxiliary_head_at_its_weight(kind):
+    """--loss other than the model's: the auxiliary head still gets weight x the loss of its logits. With
+    segtune's cross-entropy the total equals the model's own loss."""
+    from transformers import AutoModelForSemanticSegmentation
+
+    from segtune import architectures
+    from segtune.losses import CrossEntropyLoss, parse_loss_spec
+    from segtune.trainer import loss_with_auxiliary
+
+    config = tiny_config(kind)
+    config.num_labels = 3
+    for field in ("semantic_loss_ignore_index", "loss_ignore_index"):
+        setattr(config, field, 255)
+    torch.manual_seed(0)
+    model = AutoModelForSemanticSegmentation.from_config(config).train()
+    for module in model.modules():  # no dropout: both forward passes see the same function
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    side = int(config.image_size) if architectures.of_config(config).fixed_size else 32
+    x, y = torch.rand(2, 3, side, side), torch.randint(0, 3, (2, side, side))
+    y[:, : side // 3] = 255
+    ours, outputs = loss_with_auxiliary(model, x, y, CrossEntropyLoss(255))
+    assert float(ours.detach()) == pytest.approx(float(model(pixel_values=x, labels=y).loss.detach()), rel=1e-4)
+    assert model.auxiliary_head._forward_hooks == {}  # the hook is gone
+    dice, _ = loss_with_auxiliary(model, x, y, parse_loss_spec("dice", 255))
+    dice.backward()
+    grads = [p.grad for p in model.auxiliary_head.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_recipe_puts_the_head_at_its_lr_and_norms_without_decay(kind):
     from transformers import AutoModelForSemanticSegmentation
