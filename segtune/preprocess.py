@@ -5,8 +5,8 @@ transformers' PIL processors spend ~4x the resize itself on checks, copies and f
 (about 29 ms against 8 ms for a 480x360 image resized to 682x512, here). Prediction preprocesses
 every image in worker threads that share the CPU with the model, so that time is taken from the
 model. `FastPreprocess.of(processor)` returns a callable doing the same arithmetic in the same
-order, or None where the processor does anything else (centre crop, padding, channel flip, a
-rescale other than 1/255 ...), and the processor's own call is used there.
+order, or None where the processor does anything else (centre crop, padding, channel flip, DPT's
+multiple-of rounding ...), and the processor's own call is used there.
 
 The arithmetic, as transformers does it: PIL resizes the uint8 RGB image (the processor's
 `resample`), then each value is rescaled in float64 and cast to float32, then normalised in
