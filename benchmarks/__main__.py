@@ -22,7 +22,7 @@ from benchmarks.common import REPO, RESULTS_DIR, describe, markdown_table
 
 ORDER = ["data_path", "train_speed", "eval_speed", "post_logits", "metric_speed", "predict_speed", "flops", "models"]
 PREDICT_METHODS = ["--methods", "seed", "pipeline", "segtune-cli", "segtune-cli-exact", "segtune-cli-onnx",
-                   "segtune-cli-openvino", "segtune-cli-openvino-bf16"]
+                   "segtune-cli-openvino", "segtune-cli-openvino-bf16", "segtune-cli-openvino-bf16-1"]
 FULL = {  # about 0.7 + 2.5 + 2.5 + 0.4 + 0.2 + 8 + 0.5 minutes on a quiet 2-core CPU
     "data_path": ["--repeats", "2"],
     "train_speed": ["--steps", "15", "--warmup", "3", "--rounds", "2"],  # 30 timed steps a side, drift cancelled

@@ -37,14 +37,17 @@ METHODS = {
                    "label PNG, colour PNG, overlay JPEG per image",
     "segtune-cli-exact": "segtune predict --fold-head false (transformers' own head, batch 4)",
     "segtune-cli-onnx": "segtune predict on the `segtune export` folder, ONNX Runtime fp32",
-    "segtune-cli-openvino": "segtune predict on the export folder, OpenVINO fp32",
-    "segtune-cli-openvino-bf16": "segtune predict on the export folder, OpenVINO bf16 (CPUs with bf16)",
+    "segtune-cli-openvino": "segtune predict on the export folder, OpenVINO fp32 (its throughput choice of streams)",
+    "segtune-cli-openvino-bf16": "segtune predict on the export folder, OpenVINO bf16 (CPUs with bf16; its throughput "
+                                 "choice of streams, 2 on 2 cores)",
+    "segtune-cli-openvino-bf16-1": "the same with --streams 1: one request on every thread",
     "segtune-cli-bf16": "segtune predict --dtype bfloat16 (GPU only)",
 }
 DEFAULT_METHODS = ["seed", "pipeline", "segtune-api", "segtune-cli", "segtune-cli-exact", "segtune-cli-onnx",
-                   "segtune-cli-openvino", "segtune-cli-openvino-bf16"]
+                   "segtune-cli-openvino", "segtune-cli-openvino-bf16", "segtune-cli-openvino-bf16-1"]
 EXPORTED = {"segtune-cli-onnx": ["--runtime", "onnxruntime"], "segtune-cli-openvino": ["--runtime", "openvino"],
-            "segtune-cli-openvino-bf16": ["--runtime", "openvino", "--dtype", "bfloat16"]}
+            "segtune-cli-openvino-bf16": ["--runtime", "openvino", "--dtype", "bfloat16"],
+            "segtune-cli-openvino-bf16-1": ["--runtime", "openvino", "--dtype", "bfloat16", "--streams", "1"]}
 REFERENCE = "seed"
 
 

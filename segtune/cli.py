@@ -6,10 +6,9 @@ import argparse
 import dataclasses
 import logging
 import sys
+import types
 import typing
 from pathlib import Path
-
-from transformers import HfArgumentParser
 
 from . import options as o
 from .errors import SegtuneError
@@ -28,21 +27,28 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {action.default})"
 
 
-class OptionParser(HfArgumentParser):
-    """HfArgumentParser, leaving out the fields without help (Python-only ones) and another library's fields
-    named in `exclude` (TrainingArguments' output_dir and debug, which segtune's own options are), with one help
-    group per options dataclass and segtune's own options spelt with dashes first."""
+class OptionParser(argparse.ArgumentParser):
+    """Options from dataclasses: segtune's own fields spelt with dashes first (`--reduce-labels`, then
+    `--reduce_labels`), another library's (TrainingArguments) by HfArgumentParser's own rules, imported
+    only then (transformers takes about a second to import, which `segtune predict` on an export does not
+    need). Fields without help (Python-only ones) are left out, and so are another library's fields named
+    in `exclude` (TrainingArguments' output_dir and debug, which segtune's own options are); one help
+    group per options dataclass."""
 
     def __init__(self, dataclass_types=(), exclude=(), **kwargs):
         self.exclude = set(exclude)
         kwargs.setdefault("allow_abbrev", False)  # with 100+ TrainingArguments options, a prefix is a guess
         kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(list(dataclass_types), **kwargs)
+        super().__init__(**kwargs)
+        for dtype in dataclass_types:
+            self._add_dataclass_arguments(dtype)
 
     def _add_dataclass_arguments(self, dtype):
         hints = typing.get_type_hints(dtype)
         fields = {f.name: f for f in dataclasses.fields(dtype)}
         ours = dtype.__module__.startswith("segtune")
+        if not ours:
+            from transformers import HfArgumentParser
         for klass in dtype.__mro__:  # the command's own options first, then each shared group
             names = [n for n in vars(klass).get("__annotations__", {}) if n in fields]
             names = [n for n in names if fields[n].init and "help" in fields[n].metadata
@@ -52,20 +58,57 @@ class OptionParser(HfArgumentParser):
             group = self.add_argument_group(GROUP_TITLES.get(klass.__name__, klass.__doc__.split("\n")[0].rstrip(".")))
             for name in names:
                 f = fields.pop(name)
-                f.type = hints[name]  # as HfArgumentParser itself resolves string annotations
-                self._parse_dataclass_field(group, f)
+                f.type = hints[name]
+                if ours:
+                    add_field(group, f)
+                else:
+                    HfArgumentParser._parse_dataclass_field(group, f)
                 actions = group._group_actions[-2:] if f.default is True else group._group_actions[-1:]
-                if "nargs" in f.metadata:  # HfArgumentParser makes every list nargs="+" and drops its default
-                    actions[-1].nargs = f.metadata["nargs"]
-                    if f.default is not dataclasses.MISSING:
-                        actions[-1].default = f.default
                 if len(actions) == 2:  # --no-X: its twin's help already names it
                     actions[1].help = argparse.SUPPRESS
                 for action in actions:
-                    if ours:  # --reduce-labels, then --reduce_labels
-                        action.option_strings.sort(key=lambda s: "_" in s)
                     if action.nargs == "?" and action.const is True:
                         action.metavar = "BOOL"
+
+
+def add_field(group, f: dataclasses.Field) -> None:
+    """One of segtune's option fields as an argument, read as HfArgumentParser reads TrainingArguments'
+    (so both kinds behave alike): `X | None` as X, a Literal's values as choices, a bool as true/false
+    (`--name` alone: true; a default of True also gets `--no-name`), a list as nargs="+"; the field's
+    metadata (help, nargs, metavar ...) as given."""
+    kind, kwargs = f.type, dict(f.metadata)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    if f.default is not dataclasses.MISSING:
+        kwargs["default"] = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        kwargs["default"] = f.default_factory()
+    else:
+        kwargs["required"] = True
+    if typing.get_origin(kind) is typing.Literal:
+        kwargs.update(choices=typing.get_args(kind), type=type(typing.get_args(kind)[0]))
+    elif kind is bool:
+        kwargs.update(type=to_bool, nargs=kwargs.get("nargs", "?"), const=kwargs.get("const", True))
+    elif typing.get_origin(kind) is list:
+        kwargs.update(type=typing.get_args(kind)[0], nargs=kwargs.get("nargs", "+"))
+    else:
+        kwargs["type"] = kind
+    dashed = f"--{f.name.replace('_', '-')}"
+    group.add_argument(*dict.fromkeys([dashed, f"--{f.name}"]), dest=f.name, **kwargs)
+    if kind is bool and f.default is True:
+        group.add_argument(*dict.fromkeys([f"--no-{f.name.replace('_', '-')}", f"--no_{f.name}"]), dest=f.name,
+                           action="store_false", help=kwargs.get("help"))
+
+
+def to_bool(text) -> bool:
+    """HfArgumentParser's reading of a boolean value."""
+    if isinstance(text, bool):
+        return text
+    if text.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if text.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false (yes/no, 1/0), got {text!r}")
 
 
 GROUP_TITLES = {"TrainingArguments": "TrainingArguments (the Hugging Face Trainer's; segtune's defaults shown)",

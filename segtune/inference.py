@@ -85,6 +85,16 @@ def window_counts(height: int, width: int, windows) -> np.ndarray:
 # ---------------------------------------------------------------- the segmenter
 
 
+class _Done:
+    """A forward pass already computed, as a started one."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
 @dataclass
 class _Item:
     """One image, preprocessed: `inputs` holds (scale ratio, (3, h, w) pixel values) per scale."""
@@ -190,14 +200,16 @@ class Segmenter:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str = "auto", trust_remote_code: bool = False,
                         dtype: str | torch.dtype | None = None, runtime: str = "auto", threads: int | None = None,
-                        **options) -> Segmenter:
+                        streams: int | None = 1, **options) -> Segmenter:
         """Loads a model folder (or Hub id), its processor and its labels; `options` as in __init__.
 
         `model_dir` may also be an exported model (`segtune export`: a model.onnx, or the folder holding
         it), run by `runtime` "onnxruntime" (its default) or "openvino" on the CPU; "torch" (the default
-        for a model folder) runs the transformers model. `threads`: the runtime's threads (default: torch's)."""
+        for a model folder) runs the transformers model. `threads`: the runtime's threads (default: torch's);
+        `streams`: OpenVINO's inference requests at once (1: lowest latency; None: OpenVINO's throughput
+        choice, which `predict` of many images gains from)."""
         from .hub import check_hub
-        from .runners_onnx import RUNTIMES, load_exported, onnx_path
+        from .runners_onnx import RUNTIMES, check_streams, load_exported, onnx_path
 
         if runtime not in RUNTIMES:
             raise SegtuneError(f"--runtime {runtime}: choose {', '.join(RUNTIMES)}")
@@ -207,11 +219,12 @@ class Segmenter:
         if runtime != "torch":
             if str(device) not in ("auto", "cpu"):
                 raise SegtuneError(f"--device {device}: --runtime {runtime} runs on the CPU here; give --device cpu")
-            runner, processor, labels = load_exported(model_dir, runtime, resolve_dtype(dtype), threads)
+            runner, processor, labels = load_exported(model_dir, runtime, resolve_dtype(dtype), threads, streams)
             return cls(runner, processor, labels, **options)
         if exported is not None:
             raise SegtuneError(f"{model_dir}: an exported ONNX model; torch runs model folders: give --runtime "
                                "onnxruntime or openvino, or the model folder it was exported from")
+        check_streams(streams, runtime)
         if threads is not None:
             if threads < 1:
                 raise SegtuneError(f"--threads {threads}: must be at least 1")
@@ -315,8 +328,17 @@ class Segmenter:
     @torch.inference_mode()
     def run(self, items: Iterable[_Item], *, probabilities: bool = False) -> Iterator:
         """(item, (H, W) int64 label map, (C, H, W) float32 probabilities or None) per item, in
-        completion order: batchable items wait for a full batch of their shape."""
+        completion order: batchable items wait for a full batch of their shape. A runner with several
+        streams (OpenVINO's) gets that many batches at once; each is finished while the next ones run."""
         pending: dict[tuple, list] = {}
+        running = deque()  # (items, started inference), oldest first
+        depth = getattr(self.runner, "streams", 1)
+
+        def start(group):
+            running.append((group, self._start(torch.stack([item.inputs[0][1] for item in group]))))
+            while len(running) >= depth:  # with one stream: finished at once
+                yield from self._finish(*running.popleft(), probabilities)
+
         for item in items:
             if not item.batchable:
                 yield item, *self._one(item, probabilities)
@@ -324,15 +346,22 @@ class Segmenter:
             shape = tuple(item.inputs[0][1].shape)
             pending.setdefault(shape, []).append(item)
             if len(pending[shape]) >= self.batch_size:
-                yield from self._batch(pending.pop(shape), probabilities)
+                yield from start(pending.pop(shape))
             elif sum(map(len, pending.values())) >= 4 * self.batch_size:  # many shapes: bound the memory
-                yield from self._batch(pending.pop(next(iter(pending))), probabilities)
+                yield from start(pending.pop(next(iter(pending))))
         for group in pending.values():
-            yield from self._batch(group, probabilities)
+            yield from start(group)
+        while running:
+            yield from self._finish(*running.popleft(), probabilities)
 
-    def _batch(self, items: list[_Item], probabilities: bool):
-        """Whole mode, one shape: one forward pass, then each image's upsampling and argmax."""
-        logits = self._logits(torch.stack([item.inputs[0][1] for item in items]))
+    def _start(self, pixel_values: torch.Tensor):
+        """A started forward pass: `.result()` gives its output (a runner's own `submit`, else computed now)."""
+        submit = getattr(self.runner, "submit", None)
+        return submit(pixel_values) if submit is not None else _Done(self.runner(pixel_values))
+
+    def _finish(self, items: list[_Item], started, probabilities: bool):
+        """Whole mode, one shape: the batch's logits, then each image's upsampling and argmax."""
+        logits = torch.as_tensor(started.result()).to(self.device).float()
         for item, item_logits in zip(items, logits):
             if probabilities:
                 scores = F.interpolate(item_logits[None], size=item.size, mode="bilinear", align_corners=False)[0]

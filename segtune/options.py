@@ -1,8 +1,8 @@
 """Every command-line option, declared once: a dataclass field with its default and help.
 
-`segtune.cli` turns these dataclasses into each command's parser with `HfArgumentParser`
-(beside `TrainingArguments` for `train`), so names, defaults and help live here and nowhere
-else, and a YAML/JSON `--config` file goes through the same fields. A field without `help`
+`segtune.cli` turns these dataclasses into each command's parser, reading each field as
+`HfArgumentParser` reads `TrainingArguments` (which `train` adds), so names, defaults and help
+live here and nowhere else, and a YAML/JSON `--config` file goes through the same fields. A field without `help`
 is for Python callers only and is left off the command line. Options shared by commands are
 one dataclass that each of them includes (`LabelOptions`, `SourceOptions`, `SplitOptions`).
 
@@ -140,6 +140,9 @@ class RuntimeOptions:
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = option(
         "auto", "what runs the model: torch for a model folder, onnxruntime for an exported one (auto), or openvino")
     threads: int | None = option(None, "the runtime's CPU threads (default: the physical cores, as torch uses)")
+    streams: int | None = option(None, "openvino: inference requests at once, each on a share of the threads "
+                                 "(default: predict takes OpenVINO's throughput choice, 2 on 2 cores; serve 1, the "
+                                 "lowest latency)")
     device: str = option("auto", "auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
     dtype: Literal["float32", "float16", "bfloat16"] = option("float32", "model precision (openvino: its inference "
                                                               "precision, bfloat16 where the CPU has it)")

@@ -3,9 +3,12 @@
 A runner is a callable from a (B, 3, h, w) float32 CPU tensor of pixel values, as the image
 processor gives them, to (B, C, h', w') logits (a tensor or array of any float dtype), with
 `device` (a torch.device: where the logits are upsampled and averaged) and `dtype` (the
-torch.dtype it computes in, for reports). `TorchRunner` runs a transformers model and alone
-supports head folding and channels-last; other engines plug in without touching the Segmenter's
-modes or outputs: ONNX Runtime and OpenVINO run an exported model (segtune/runners_onnx.py).
+torch.dtype it computes in, for reports). A runner may also run several passes at once: `streams`
+(how many) and `submit(pixel_values)`, which starts one and returns an object whose `result()` gives
+its logits; the Segmenter then keeps that many batches in flight (OpenVINO's). `TorchRunner` runs
+a transformers model and alone supports head folding and channels-last; other engines plug in
+without touching the Segmenter's modes or outputs: ONNX Runtime and OpenVINO run an exported
+model (segtune/runners_onnx.py).
 """
 
 from __future__ import annotations

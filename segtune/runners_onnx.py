@@ -108,14 +108,22 @@ OPENVINO_PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float
 
 class OpenVinoRunner:
     """An ONNX model compiled by OpenVINO for the CPU, as a Runner. `dtype` sets its inference precision
-    (bfloat16: bf16 where the CPU has it, AVX512-BF16 or AMX); `dtype` reports the precision it runs."""
+    (bfloat16: bf16 where the CPU has it, AVX512-BF16 or AMX); `dtype` reports the precision it runs.
+
+    `streams`: inference requests that run at once, each on its share of the threads. 1 (the default):
+    one request on every thread, the lowest latency per call. None: OpenVINO's throughput choice (2 on
+    2 cores, where two single-thread requests gave 1.3x the images/s of one two-thread request,
+    docs/export.md#speed); `submit` then keeps that many in flight."""
 
     runtime = "openvino"
 
-    def __init__(self, path: str | Path, threads: int | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(self, path: str | Path, threads: int | None = None, dtype: torch.dtype = torch.float32,
+                 streams: int | None = 1):
         ov = require("openvino", "--runtime openvino")
         self.path = Path(path)
         self.threads = threads or default_threads()
+        if streams is not None and streams < 1:
+            raise SegtuneError(f"--streams {streams}: must be at least 1")
         core = ov.Core()
         try:
             model = core.read_model(str(self.path))
@@ -129,21 +137,48 @@ class OpenVinoRunner:
             if model.has_rt_info(["framework", key]):
                 self.metadata[key] = model.get_rt_info(["framework", key]).astype(str)
         config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[dtype], "INFERENCE_NUM_THREADS": self.threads,
-                  "PERFORMANCE_HINT": "LATENCY"}
+                  "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
+        if streams is not None:
+            config["NUM_STREAMS"] = streams
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:
             raise SegtuneError(f"{self.path}: OpenVINO cannot compile it for the CPU ({_first_line(e)})") from None
         precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
         self.dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}.get(precision, dtype)
-        self.request = self.compiled.create_infer_request()
+        self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+        self.pending: list[_Pending | None] = [None] * self.streams
+        self.next = 0
 
     device = torch.device("cpu")
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.submit(pixel_values).result()
+
+    def submit(self, pixel_values: torch.Tensor) -> _Pending:
+        """Starts an inference on the next request; `.result()` waits for its logits. A request still
+        holding an uncollected result keeps it (in its _Pending) before it is reused."""
+        slot, self.next = self.next, (self.next + 1) % self.streams
+        if self.pending[slot] is not None:
+            self.pending[slot].result()
         x = np.ascontiguousarray(pixel_values.detach().cpu().numpy(), dtype=np.float32)
-        self.request.infer({0: x})
-        return torch.from_numpy(self.request.get_output_tensor(self.output).data.copy())
+        self.requests[slot].start_async({0: x})  # copies the input: x may go
+        self.pending[slot] = _Pending(self.requests[slot], self.output)
+        return self.pending[slot]
+
+
+class _Pending:
+    """An OpenVINO inference started: `result()` waits for it and copies its logits out, once."""
+
+    def __init__(self, request, output: int):
+        self.request, self.output, self.value = request, output, None
+
+    def result(self) -> torch.Tensor:
+        if self.value is None:
+            self.request.wait()
+            self.value = torch.from_numpy(self.request.get_output_tensor(self.output).data.copy())
+        return self.value
 
 
 def _first_line(error: BaseException) -> str:
@@ -151,26 +186,37 @@ def _first_line(error: BaseException) -> str:
     return lines[0][:300] if lines else type(error).__name__
 
 
-def make_runner(path: Path, runtime: str, dtype: torch.dtype = torch.float32, threads: int | None = None):
+def make_runner(path: Path, runtime: str, dtype: torch.dtype = torch.float32, threads: int | None = None,
+                streams: int | None = 1):
+    """`streams`: OpenVINO's requests at once (OpenVinoRunner); None there is its choice, elsewhere 1."""
     if threads is not None and threads < 1:
         raise SegtuneError(f"--threads {threads}: must be at least 1")
     if runtime == "onnxruntime":
         if dtype != torch.float32:
             raise SegtuneError(f"--dtype {str(dtype).removeprefix('torch.')}: onnxruntime runs the exported model in "
                                "float32; use --runtime openvino for bfloat16")
+        check_streams(streams, runtime)
         return OnnxRuntimeRunner(path, threads)
     if runtime == "openvino":
         if dtype not in OPENVINO_PRECISIONS:
             raise SegtuneError(f"--dtype {dtype}: openvino runs float32, bfloat16 or float16")
-        return OpenVinoRunner(path, threads, dtype)
+        return OpenVinoRunner(path, threads, dtype, streams)
     raise SegtuneError(f"--runtime {runtime}: choose {', '.join(RUNTIMES)}")
+
+
+def check_streams(streams: int | None, runtime: str) -> None:
+    """Several requests at once is OpenVINO's alone (ONNX Runtime ran slower so here, and torch shares one
+    thread pool): any other runtime takes None or 1."""
+    if streams not in (None, 1):
+        raise SegtuneError(f"--streams {streams}: only --runtime openvino runs several requests at once "
+                           f"(not {runtime})")
 
 
 # ---------------------------------------------------------------- labels and processor
 
 
 def load_exported(model: str | Path, runtime: str = "onnxruntime", dtype: torch.dtype = torch.float32,
-                  threads: int | None = None):
+                  threads: int | None = None, streams: int | None = 1):
     """-> (runner, processor, labels) of an exported model (`model`: a .onnx file or an export folder).
     labels.json and preprocessor_config.json (with config.json) beside the file come first, else the
     ONNX metadata; neither is one line."""
@@ -182,7 +228,7 @@ def load_exported(model: str | Path, runtime: str = "onnxruntime", dtype: torch.
         raise SegtuneError(f"{model}: neither a .onnx file nor an export folder holding {ONNX_FILE} "
                            "(segtune export writes one)")
     folder = path.parent
-    runner = make_runner(path, runtime, dtype, threads)
+    runner = make_runner(path, runtime, dtype, threads, streams)
     meta = runner.metadata
     if (folder / "labels.json").is_file():
         labels = load_labels(folder / "labels.json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image
 
@@ -22,12 +24,18 @@ def _known(label_map: np.ndarray, num_classes: int, ignore_index: int) -> np.nda
 
 def colorize(label_map: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) uint8; ignored and out-of-palette ids are black."""
-    label_map = np.asarray(label_map)
-    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    return _lookup(label_map, palette, ignore_index)[0]
+
+
+def _lookup(label_map, palette, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(colours (H, W, 3) uint8, known (H, W) bool): one table lookup per pixel, unknown ids sent to an
+    extra black row (several times faster than masked assignment; `predict` draws every image)."""
+    label_map, palette = np.asarray(label_map), np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     known = _known(label_map, len(palette), ignore_index)
-    rgb = np.zeros((*label_map.shape, 3), dtype=np.uint8)
-    rgb[known] = palette[label_map[known]]
-    return rgb
+    colours = np.zeros((len(palette) + 1, 3), dtype=np.uint8)
+    colours[:-1] = palette
+    colours[-1] = IGNORED_COLOR
+    return colours[np.where(known, label_map, len(palette))], known
 
 
 def _as_rgb(image) -> np.ndarray:
@@ -38,14 +46,32 @@ def _as_rgb(image) -> np.ndarray:
 
 def overlay(image, label_map, palette, alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:
     """Blend the colour mask over the image with weight `alpha`; ignored pixels stay as is."""
+    return colorize_and_overlay(image, label_map, palette, alpha, ignore_index)[1]
+
+
+def colorize_and_overlay(image, label_map, palette, alpha: float = 0.5, ignore_index: int = 255):
+    """(colorize(...), overlay(...)) from one lookup of the colours, as `predict` writes both."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     image, label_map = _as_rgb(image), np.asarray(label_map)
     if image.shape[:2] != label_map.shape:
         raise SegtuneError(f"image is {image.shape[:2]} (H, W) but label map is {label_map.shape}")
-    known = _known(label_map, len(palette), ignore_index)
-    blended = np.rint((1.0 - alpha) * image + alpha * colorize(label_map, palette, ignore_index))
-    return np.where(known[..., None], blended, image).astype(np.uint8)
+    colours, known = _lookup(label_map, palette, ignore_index)
+    return colours, _blend(image, colours, known, alpha)
+
+
+def _blend(image: np.ndarray, colours: np.ndarray, known: np.ndarray, alpha: float) -> np.ndarray:
+    # rint((1 - alpha) * pixel + alpha * colour) in float64 for every pair of uint8 values, looked up:
+    # the same numbers as computing it per pixel, several times faster.
+    table = _blend_table(float(alpha))
+    blended = table.take((image.astype(np.uint16) << 8) | colours)
+    return np.where(known[..., None], blended, image)
+
+
+@functools.lru_cache(maxsize=8)
+def _blend_table(alpha: float) -> np.ndarray:
+    values = np.arange(256, dtype=np.float64)
+    return np.rint((1.0 - alpha) * values[:, None] + alpha * values[None, :]).astype(np.uint8).ravel()
 
 
 def error_map(image, ground_truth, prediction, ignore_index: int = 255) -> np.ndarray:

@@ -179,7 +179,7 @@ def test_predict_through_each_runtime_gives_the_torch_label_maps(run, tmp_path, 
                      "--output-dir", str(onnx_out)]) == 0
         assert equal_share(label_maps(torch_out, names), label_maps(onnx_out, names)) >= 0.999, mode
         summary = json.loads((onnx_out / "predict.json").read_text())
-        assert summary["runtime"] == runtime and summary["device"] == "cpu"
+        assert summary["runtime"] == runtime and summary["device"] == "cpu" and summary["streams"] == 1  # 1 thread
     from segtune.prediction import load_probabilities
 
     for n in names:
@@ -229,6 +229,62 @@ def test_the_segmenter_runs_an_export_folder_or_file(run):
         assert bf16(image).shape == reference(image).shape
 
 
+@pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_openvino_streams_run_batches_at_once_and_give_the_label_maps_of_one(run):
+    from segtune.inference import Segmenter
+
+    data, model, export = run
+    images = [Image.open(p).convert("RGB") for p in sorted((data / "images").iterdir())]
+    one = Segmenter.from_pretrained(export, runtime="openvino", threads=2, batch_size=1)
+    two = Segmenter.from_pretrained(export, runtime="openvino", threads=2, streams=2, batch_size=1)
+    assert one.runner.streams == 1 and two.runner.streams == 2
+    # a full pipeline of several batches, each image's map where it belongs
+    assert len(images) >= 4
+    for a, b in zip(one.predict(images), two.predict(images)):
+        assert a.shape == b.shape and (a == b).mean() >= 0.999
+    # a request is reused only once its result is kept: three started on two requests, then read
+    x = [one._pixel_values(im, 1.0, True)[None] for im in images[:3]]
+    started = [two.runner.submit(v) for v in x]
+    for v, s in zip(x, started):
+        np.testing.assert_allclose(s.result().numpy(), one.runner(v).numpy(), atol=1e-4)
+
+
+def test_predicting_with_an_exported_runtime_leaves_torch_one_thread_then_restores_it(run, tmp_path):
+    from segtune.inference import Segmenter
+    from segtune.prediction import predict_images
+
+    data, model, export = run
+    segmenter = Segmenter.from_pretrained(export, threads=1)
+    seen, runner = [], segmenter.runner
+
+    class Watched:  # the runner, noting torch's thread count while the model runs
+        def __init__(self):
+            self.runtime, self.device, self.dtype = runner.runtime, runner.device, runner.dtype
+
+        def __call__(self, pixel_values):
+            seen.append(torch.get_num_threads())
+            return runner(pixel_values)
+
+    segmenter.runner = Watched()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        records = predict_images(segmenter, sorted((data / "images").iterdir())[:2], tmp_path / "out", progress=False)
+        assert len(records) == 2 and seen and set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_streams_are_openvinos_alone(run, tmp_path, capsys):
+    data, model, export = run
+    image = str(sorted((data / "images").iterdir())[0])
+    for model_arg, runtime in ((export, "onnxruntime"), (model, "torch")):
+        line = error_line(capsys, ["predict", image, "--model", model_arg, "--runtime", runtime, "--streams", "2",
+                                   "--output-dir", tmp_path / "out"])
+        assert f"--streams 2: only --runtime openvino runs several requests at once (not {runtime})" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_export_runs_without_transformers_and_preprocesses_as_its_processor(run, tmp_path):
     import subprocess
 
@@ -248,6 +304,12 @@ def test_an_export_runs_without_transformers_and_preprocesses_as_its_processor(r
               f"s.predict([{str(path)!r}])\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"  # no processor class, no AutoConfig: about a second less start-up
+    # nor the command: its parser reads segtune's options itself (TrainingArguments' only for train)
+    script = (f"import sys\nfrom segtune.cli import main\nrc = main(['predict', {str(path)!r}, '--model', "
+              f"{str(export)!r}, '--output-dir', {str(tmp_path / 'cli')!r}])\n"
+              "print(rc, sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip().splitlines()[-1] == "0 []" and (tmp_path / "cli" / f"{path.stem}.png").is_file()
     edited = tmp_path / "edited"  # a processor edited beside the model wins over the metadata
     shutil.copytree(export, edited)
     settings = json.loads((edited / "preprocessor_config.json").read_text())

@@ -4,7 +4,7 @@ from PIL import Image
 
 from segtune.errors import SegtuneError
 from segtune.labels import LabelSet, ade20k_labels
-from segtune.visualize import colorize, comparison_figure, overlay, save_label_png
+from segtune.visualize import colorize, colorize_and_overlay, comparison_figure, overlay, save_label_png
 
 PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
 
@@ -36,6 +36,24 @@ def test_overlay_blends_and_keeps_ignored_pixels():
     assert out[0, 1].tolist() == [75, 139, 75]
     assert out[1, 0].tolist() == [100, 100, 100]  # ignored: image unchanged
     assert out[1, 1].tolist() == [75, 75, 139]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 0.55, 1.0])
+def test_overlay_and_colorize_equal_the_per_pixel_formula(alpha):
+    # the lookup tables (one for colours, one for blends) against the arithmetic they replace,
+    # on every uint8 value, with ids ignored, negative and past the palette
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    label_map = rng.integers(-2, 6, (64, 80))
+    label_map[0, :3] = 255
+    known = (label_map >= 0) & (label_map < len(PALETTE)) & (label_map != 255)
+    colours = np.zeros((64, 80, 3), dtype=np.uint8)
+    colours[known] = PALETTE[label_map[known]]
+    expected = np.where(known[..., None], np.rint((1.0 - alpha) * image + alpha * colours), image).astype(np.uint8)
+    assert np.array_equal(colorize(label_map, PALETTE), colours)
+    assert np.array_equal(overlay(image, label_map, PALETTE, alpha=alpha), expected)
+    both = colorize_and_overlay(image, label_map, PALETTE, alpha=alpha)
+    assert np.array_equal(both[0], colours) and np.array_equal(both[1], expected)
 
 
 def test_overlay_accepts_pil_and_checks_size():

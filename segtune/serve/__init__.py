@@ -69,7 +69,8 @@ def load_segmenter(opts):
     from ..inference import Segmenter
 
     return Segmenter.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype, runtime=opts.runtime,
-                                     threads=opts.threads, trust_remote_code=opts.trust_remote_code,
+                                     threads=opts.threads, streams=opts.streams or 1,  # latency first
+                                     trust_remote_code=opts.trust_remote_code,
                                      mode=opts.mode, tta=opts.tta, batch_size=opts.max_batch_size,
                                      fold_head=opts.fold_head)
 
