@@ -113,7 +113,7 @@ class OpenVinoRunner:
     `streams`: inference requests that run at once, each on its share of the threads. 1 (the default):
     one request on every thread, the lowest latency per call. None: OpenVINO's throughput choice (2 on
     2 cores, where two single-thread requests gave 1.3x the images/s of one two-thread request,
-    docs/export.md#speed); `submit` then keeps that many in flight."""
+    docs/export.md, runtimes); `submit` then keeps that many in flight."""
 
     runtime = "openvino"
 

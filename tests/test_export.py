@@ -231,22 +231,31 @@ def test_the_segmenter_runs_an_export_folder_or_file(run):
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="openvino is not installed")
 def test_openvino_streams_run_batches_at_once_and_give_the_label_maps_of_one(run):
-    from segtune.inference import Segmenter
+    import subprocess
 
     data, model, export = run
-    images = [Image.open(p).convert("RGB") for p in sorted((data / "images").iterdir())]
-    one = Segmenter.from_pretrained(export, runtime="openvino", threads=2, batch_size=1)
-    two = Segmenter.from_pretrained(export, runtime="openvino", threads=2, streams=2, batch_size=1)
-    assert one.runner.streams == 1 and two.runner.streams == 2
-    # a full pipeline of several batches, each image's map where it belongs
-    assert len(images) >= 4
-    for a, b in zip(one.predict(images), two.predict(images)):
-        assert a.shape == b.shape and (a == b).mean() >= 0.999
-    # a request is reused only once its result is kept: three started on two requests, then read
-    x = [one._pixel_values(im, 1.0, True)[None] for im in images[:3]]
-    started = [two.runner.submit(v) for v in x]
-    for v, s in zip(x, started):
-        np.testing.assert_allclose(s.result().numpy(), one.runner(v).numpy(), atol=1e-4)
+    # In a process of its own: after OpenVINO ran two streams in the test process, a later test's
+    # subprocess start crashed it (SIGSEGV in waitpid, seen only after 260 earlier tests).
+    script = f"""
+import numpy as np
+from PIL import Image
+from pathlib import Path
+from segtune.inference import Segmenter
+images = [Image.open(p).convert("RGB") for p in sorted(Path({str(data / "images")!r}).iterdir())]
+one = Segmenter.from_pretrained({str(export)!r}, runtime="openvino", threads=2, batch_size=1)
+two = Segmenter.from_pretrained({str(export)!r}, runtime="openvino", threads=2, streams=2, batch_size=1)
+assert one.runner.streams == 1 and two.runner.streams == 2 and len(images) >= 4
+for a, b in zip(one.predict(images), two.predict(images)):  # several batches in flight, each map where it belongs
+    assert a.shape == b.shape and (a == b).mean() >= 0.999
+# a request is reused only once its result is kept: three started on two requests, then read
+x = [one._pixel_values(im, 1.0, True)[None] for im in images[:3]]
+started = [two.runner.submit(v) for v in x]
+for v, s in zip(x, started):
+    np.testing.assert_allclose(s.result().numpy(), one.runner(v).numpy(), atol=1e-4)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
 
 def test_predicting_with_an_exported_runtime_leaves_torch_one_thread_then_restores_it(run, tmp_path):
