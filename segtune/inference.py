@@ -323,7 +323,10 @@ class Segmenter:
 
     def _logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) float32 logits on the device, whatever the runner returns."""
-        return torch.as_tensor(self.runner(pixel_values)).to(self.device).float()
+        return self._as_logits(self.runner(pixel_values))
+
+    def _as_logits(self, output) -> torch.Tensor:
+        return torch.as_tensor(output).to(self.device).float()
 
     @torch.inference_mode()
     def run(self, items: Iterable[_Item], *, probabilities: bool = False) -> Iterator:
@@ -361,7 +364,7 @@ class Segmenter:
 
     def _finish(self, items: list[_Item], started, probabilities: bool):
         """Whole mode, one shape: the batch's logits, then each image's upsampling and argmax."""
-        logits = torch.as_tensor(started.result()).to(self.device).float()
+        logits = self._as_logits(started.result())
         for item, item_logits in zip(items, logits):
             if probabilities:
                 scores = F.interpolate(item_logits[None], size=item.size, mode="bilinear", align_corners=False)[0]
