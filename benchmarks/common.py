@@ -171,7 +171,7 @@ class OtherLoad:
 
 
 def _cpu_model() -> str:
-    from segtune.precision import cpu_name
+    from segtune.training.precision import cpu_name
 
     return cpu_name()
 

@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
-from benchmarks.common import (REPO, OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet, spread,
-                               save_result)
+from benchmarks.common import (REPO, OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet,
+                               save_result, spread)
 from benchmarks.seed import SeedDataset, seed_processor
 
 DEFAULT_DATA = REPO / "examples" / "camvid-mini.yaml"
@@ -36,12 +36,12 @@ RIGHT = {c: "right" for c in ("images/s (min / median / max)", "first batch s (m
 
 def segtune_dataset(data_path, crop_size: int):
     """segtune's training dataset, built as `segtune train` builds it (mit-b0, no Hub)."""
-    from segtune.checks import checked_labels
-    from segtune.data import StreamedData
-    from segtune.model import training_processor
-    from segtune.sources import load_data
-    from segtune.training import TrainDataset
-    from segtune.transforms import AugmentConfig, train_transform
+    from segtune.data.checks import checked_labels
+    from segtune.data.pairs import StreamedData
+    from segtune.data.sources import load_data
+    from segtune.data.transforms import AugmentConfig, train_transform
+    from segtune.models.loading import training_processor
+    from segtune.training.trainer import TrainDataset
 
     data = load_data(data_path)
     if isinstance(data, StreamedData):
@@ -56,14 +56,14 @@ def segtune_dataset(data_path, crop_size: int):
 def training_order(dataset, num_samples: int, seed: int) -> list[int]:
     """`num_samples` indices in the order training draws them: shuffled epochs, one after another.
 
-    For segtune's TrainDataset this is the Trainer's own sampler (segtune.trainer.EpochSampler,
+    For segtune's TrainDataset this is the Trainer's own sampler (segtune.training.trainer.EpochSampler,
     which puts the epoch inside the index so each epoch's augmentation differs), else plain
     shuffles of range(n) as the Trainer's default RandomSampler gives.
     """
-    from segtune import training as train
+    from segtune.training import run as train
 
     n, order, epoch = len(dataset), [], 0
-    epoch_sampler = getattr(sys.modules.get("segtune.trainer"), "EpochSampler", None)
+    epoch_sampler = getattr(sys.modules.get("segtune.training.trainer"), "EpochSampler", None)
     if epoch_sampler is not None and isinstance(dataset, train.TrainDataset):
         dataset.seed = seed  # as SegmentationTrainer sets it from args.seed
         sampler = epoch_sampler(n, seed)
@@ -82,7 +82,7 @@ def training_order(dataset, num_samples: int, seed: int) -> list[int]:
 def make_loader(dataset, workers: int, num_samples: int, seed: int) -> DataLoader:
     """A loader as the Trainer builds one from segtune's defaults (batch 2, training order, default
     collator, pinned memory and persistent workers on GPU), for `num_samples` samples."""
-    from segtune.training import TRAINING_DEFAULTS
+    from segtune.training.arguments import TRAINING_DEFAULTS
 
     return DataLoader(
         dataset,
@@ -202,8 +202,8 @@ def model_section(dataset, labels, ignore_index, steps: int, warmup: int, rounds
     fed from the DataLoader with segtune's default workers (rounds of each, alternated); the
     figures are those of the steps during which others used at most `max_others` of the CPUs.
     While either side has fewer than `steps` such steps, more rounds run, up to `budget_s` seconds."""
-    from segtune.model import load_model
-    from segtune.training import TRAINING_DEFAULTS
+    from segtune.models.loading import load_model
+    from segtune.training.arguments import TRAINING_DEFAULTS
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = TRAINING_DEFAULTS["dataloader_num_workers"]

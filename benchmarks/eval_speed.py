@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import (REPO, OtherLoad, command, describe, machine, markdown_table, print_report,
-                               save_result)
+from benchmarks.common import REPO, OtherLoad, command, describe, machine, markdown_table, print_report, save_result
 
 CAMVID = REPO / "examples" / "camvid-mini.yaml"
 GEN_CLASSES = 12
@@ -67,8 +66,8 @@ def make_model(data_file: Path, folder: Path, seed: int) -> Path:
     """mit-b0 with random weights (seeded; no Hub), headed for the data's classes and ignore index."""
     import torch
 
-    from segtune.model import load_model
-    from segtune.sources import load_data
+    from segtune.data.sources import load_data
+    from segtune.models.loading import load_model
 
     data = load_data(data_file)
     torch.manual_seed(seed)
@@ -87,7 +86,7 @@ def run_side(side: str, data_file: str, model_dir: str, size: int, limit: int) -
     import torch
     from transformers import SegformerForSemanticSegmentation
 
-    from segtune.sources import load_data
+    from segtune.data.sources import load_data
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_data(data_file)
@@ -138,10 +137,10 @@ def run_side(side: str, data_file: str, model_dir: str, size: int, limit: int) -
         mean_iou = metrics["eval_mean_iou"]
         pixels = (size, size)
     else:
-        import segtune.evaluation as ev
+        import segtune.evaluation.scoring as ev
         from benchmarks.seed import seed_processor
-        from segtune.model import training_processor
-        from segtune.transforms import ProcessorTransform
+        from segtune.inference.preprocess import ProcessorTransform
+        from segtune.models.loading import training_processor
 
         # the per-image post-logits steps, looked up by evaluate_model at call time
         ev.upsampled_argmax = timed(ev.upsampled_argmax, "post")

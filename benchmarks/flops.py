@@ -20,8 +20,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from benchmarks.common import (OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet, spread,
-                               save_result)
+from benchmarks.common import (OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet, save_result,
+                               spread)
 
 CROP, BATCH = 512, 2
 
@@ -30,7 +30,7 @@ def build_model(name: str, num_labels: int):
     """A SegFormer of the named MiT size from its config, random seeded weights (no Hub)."""
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-    from segtune.model import MIT_ARCHITECTURES
+    from segtune.models.loading import MIT_ARCHITECTURES
 
     torch.manual_seed(0)
     return SegformerForSemanticSegmentation(SegformerConfig(**MIT_ARCHITECTURES[name], num_labels=num_labels))

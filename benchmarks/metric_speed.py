@@ -19,7 +19,7 @@ import torch
 from benchmarks.common import (OtherLoad, alternate, command, describe, machine, markdown_table, peak_rss_mb,
                                print_report, quiet, save_result, spread)
 from benchmarks.seed import seed_mean_iou
-from segtune.metrics import ConfusionMatrix
+from segtune.evaluation.metrics import ConfusionMatrix
 
 IGNORE = 255
 TARGET = 20  # the target speed-up

@@ -37,7 +37,7 @@ CLASSES = 11
 def build(name: str, image_size: int | None = None):
     from transformers import AutoModelForSemanticSegmentation
 
-    from segtune.architectures import offline_config
+    from segtune.models.architectures import offline_config
 
     config = offline_config(name)
     config.num_labels = CLASSES
@@ -51,7 +51,7 @@ def build(name: str, image_size: int | None = None):
 
 
 def input_side(model) -> int:
-    from segtune.architectures import input_size
+    from segtune.models.architectures import input_size
 
     return input_size(model.config) or 512
 
@@ -66,8 +66,8 @@ def gflop(model, side: int) -> float:
 
 def speeds(model, side: int, images: int) -> dict:
     """Images/s, torch and ONNX Runtime, on one side x side image at batch 1."""
-    from segtune.architectures import make_exportable
-    from segtune.exporting import export_onnx
+    from segtune.exporting.run import export_onnx
+    from segtune.models.architectures import make_exportable
 
     x = torch.rand(1, 3, side, side)
     out = {}
@@ -86,7 +86,7 @@ def speeds(model, side: int, images: int) -> dict:
             exported = copy.deepcopy(model)
             make_exportable(exported)
             path = Path(tmp, "model.onnx")
-            from segtune.architectures import input_size
+            from segtune.models.architectures import input_size
 
             export_onnx(exported, path, x, 18, "benchmark", fixed_size=input_size(model.config) is not None)
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -104,7 +104,7 @@ def speeds(model, side: int, images: int) -> dict:
 def short_training(name: str, steps: int, batch: int, crop: int, data: Path, folder: Path) -> float | None:
     """Mean IoU after `steps` steps from random weights (segtune.api.train)."""
     from segtune import api
-    from segtune.architectures import OFFLINE_NAMES, input_size
+    from segtune.models.architectures import OFFLINE_NAMES, input_size
 
     model = build(name, image_size=crop if OFFLINE_NAMES[name].fixed_size or name.startswith("upernet-swin") else None)
     base = folder / "base"
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.steps, args.images, args.crop = 5, 1, 128
     names = args.names.split(",") if args.names else (QUICK_NAMES if args.quick else NAMES)
-    from segtune.architectures import OFFLINE_NAMES
+    from segtune.models.architectures import OFFLINE_NAMES
 
     began, rows = time.perf_counter(), []
     for name in names:  # every speed first, in a few minutes: the long trainings after them need no quiet machine

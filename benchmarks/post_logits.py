@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from benchmarks.common import (OtherLoad, alternate, command, describe, machine, markdown_table, print_report, quiet,
                                save_result, spread)
 from benchmarks.seed import seed_compute_metrics
-from segtune.postprocess import PRUNE_MIN_CLASSES, candidate_classes, prunes_classes, upsampled_argmax
-from segtune.metrics import ConfusionMatrix
+from segtune.evaluation.metrics import ConfusionMatrix
+from segtune.inference.postprocess import PRUNE_MIN_CLASSES, candidate_classes, prunes_classes, upsampled_argmax
 
 IGNORE = 255
 TARGET = 10  # the issue's target for everything after the logits
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
              markdown_table(rows, columns, align={c: "right" for c in columns[1:]}), "",
              f"seed: the tutorial's compute_metrics on all {args.images} images' logits at once; segtune: "
              f"upsampled_argmax + ConfusionMatrix per batch of {BATCH}. 'classes upsampled': classes that can win "
-             "somewhere (segtune.postprocess.candidate_classes), looked for from "
+             "somewhere (segtune.inference.postprocess.candidate_classes), looked for from "
              f"{PRUNE_MIN_CLASSES} classes on; the seed upsamples every class. identical: mean and per-class IoU "
              "equal to 1e-9."]
     text = print_report(lines, whole.share)

@@ -59,7 +59,7 @@ def make_model(folder: Path) -> Path:
     import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-    from segtune.model import training_processor
+    from segtune.models.loading import training_processor
 
     torch.manual_seed(0)
     SegformerForSemanticSegmentation(SegformerConfig(num_labels=12)).save_pretrained(folder)
@@ -118,7 +118,7 @@ def run_child(method: str, model: str, images: list[str], out: str, device: str)
                 label_map[np.array(segment["mask"]) == 255] = label2id[segment["label"]]
             maps.append(label_map)
     elif method == "segtune-api":
-        from segtune.inference import Segmenter
+        from segtune.inference.segmenter import Segmenter
 
         segmenter = Segmenter.from_pretrained(model, device=device)
         ready = time.perf_counter()
@@ -169,7 +169,7 @@ def model_gflop(model_dir: Path, image: Path) -> float:
     from PIL import Image
 
     from benchmarks.flops import flop_counter
-    from segtune.inference import Segmenter
+    from segtune.inference.segmenter import Segmenter
 
     seg = Segmenter.from_pretrained(model_dir, device="cpu")
     pixel_values = seg.processor(images=Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]

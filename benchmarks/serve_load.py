@@ -111,8 +111,8 @@ def start_server(model: Path):
 
 
 def predict_side(model: Path, images: list[Path]) -> dict:
-    from segtune.inference import Segmenter
-    from segtune.prediction import predict_images
+    from segtune.inference.segmenter import Segmenter
+    from segtune.prediction.run import predict_images
 
     segmenter = Segmenter.from_pretrained(model, device="cpu")
     with tempfile.TemporaryDirectory() as out, OtherLoad() as others:

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from benchmarks.common import (REPO, OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet, spread,
-                               save_result)
+from benchmarks.common import (REPO, OtherLoad, command, describe, machine, markdown_table, peak_rss_mb, quiet,
+                               save_result, spread)
 
 DEFAULT_DATA = REPO / "examples" / "camvid-mini.yaml"
 SIDES = ("segtune", "segtune-fp32", "segtune-bf16", "seed")
@@ -112,7 +112,8 @@ NO_EVAL = dict(eval_strategy="no", save_strategy="no", load_best_model_at_end=Fa
 def run_segtune(data: str, out: Path, max_steps: int, seed: int, timer: StepTimer, **precision) -> None:
     """`segtune train --data DATA --model mit-b0 --max_steps N` with evaluation and saving off
     (`precision`: bf16=False for the float32 side; else segtune's default)."""
-    from segtune.training import TrainOptions, run_training
+    from segtune.training.arguments import TrainOptions
+    from segtune.training.run import run_training
 
     logging.getLogger("segtune").setLevel(logging.ERROR)  # "random weights" is the point here
     opts = TrainOptions(data=data, output_dir=out, model="mit-b0", report=False, callbacks=[timer],
@@ -129,9 +130,9 @@ def run_seed(data: str, out: Path, max_steps: int, seed: int, timer: StepTimer) 
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, Trainer
 
     from benchmarks.seed import SeedDataset, seed_processor, seed_training_arguments
-    from segtune.checks import checked_labels
-    from segtune.model import MIT_ARCHITECTURES
-    from segtune.sources import load_data
+    from segtune.data.checks import checked_labels
+    from segtune.data.sources import load_data
+    from segtune.models.loading import MIT_ARCHITECTURES
 
     loaded = load_data(data)  # only to list the same training pairs and classes as segtune's side
     labels = checked_labels(loaded, loaded.labels, splits=("train",))

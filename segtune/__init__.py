@@ -7,12 +7,12 @@ From Python (docs/python.md)::
     scores = segtune.evaluate(model="runs/x", data="my_data/")
     seg = segtune.Segmenter.from_pretrained("runs/x")
 
-and `segtune.metrics.MeanIoU`, evaluate's mean IoU as any Trainer's `compute_metrics`. The names
+and `segtune.MeanIoU` (`segtune.evaluation.MeanIoU`), evaluate's mean IoU as any Trainer's `compute_metrics`. The names
 below are imported on first use, so `import segtune` does not import torch.
 
 The jobs (`segtune.train`, `.evaluate`, ...) are `segtune.api`'s functions; the modules behind them
-are named after the step (`segtune.training`, `segtune.evaluation`, `segtune.prediction`,
-`segtune.reporting`, `segtune.exporting`), so a name is never both a module and a function.
+are the stages, named after the step (`segtune.training`, `segtune.evaluation`, `segtune.prediction`,
+`segtune.reporting`, `segtune.exporting`), so a name is never both a package and a function.
 """
 
 from __future__ import annotations
@@ -28,25 +28,28 @@ _NAMES = {
     "load_data": "api", "SegmentationDataset": "api", "pad_collate": "api",
     "TrainResult": "api", "EvaluateResult": "api", "ExportResult": "api", "InspectReport": "api",
     "PredictResult": "api", "Report": "api",
-    "Segmenter": "inference", "MeanIoU": "metrics", "ConfusionMatrix": "metrics",
-    "upsampled_argmax": "postprocess", "colorize": "visualize", "overlay": "visualize",
-    "LabelSet": "labels", "load_labels": "labels", "AugmentConfig": "transforms", "SegtuneError": "errors",
+    "Segmenter": "inference.segmenter", "MeanIoU": "evaluation.metrics", "ConfusionMatrix": "evaluation.metrics",
+    "upsampled_argmax": "inference.postprocess", "colorize": "data.drawing", "overlay": "data.drawing",
+    "LabelSet": "data.labels", "load_labels": "data.labels", "AugmentConfig": "data.transforms",
+    "SegtuneError": "errors",
 }
-_MODULES = ("api", "metrics", "postprocess", "visualize", "inference", "labels", "transforms")
+# the stages, as attributes (segtune.evaluation.MeanIoU); `segtune.train` is the function, the stage
+# is `segtune.training`: a stage is named after its step, so a name is never both
+_MODULES = ("api", "data", "models", "training", "evaluation", "inference", "prediction", "exporting", "reporting",
+            "serve")
 
 __all__ = sorted(_NAMES) + ["__version__"]
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
-    from .api import (EvaluateResult, ExportResult, InspectReport, PredictResult, Report,  # noqa: F401
-                      SegmentationDataset, TrainResult, evaluate, export, inspect, load_data, pad_collate, predict,
-                      report, train)
+    from .api import SegmentationDataset, evaluate, export, inspect, load_data, pad_collate, predict, report, train
+    from .data.drawing import colorize, overlay
+    from .data.labels import LabelSet, load_labels
+    from .data.transforms import AugmentConfig
     from .errors import SegtuneError
-    from .inference import Segmenter
-    from .labels import LabelSet, load_labels
-    from .metrics import ConfusionMatrix, MeanIoU
-    from .postprocess import upsampled_argmax
-    from .transforms import AugmentConfig
-    from .visualize import colorize, overlay
+    from .evaluation.metrics import ConfusionMatrix, MeanIoU
+    from .inference.postprocess import upsampled_argmax
+    from .inference.segmenter import Segmenter
+    from .reporting.notebook import EvaluateResult, ExportResult, InspectReport, PredictResult, Report, TrainResult
 
 
 def __getattr__(name: str):

@@ -11,9 +11,8 @@ import typing
 from pathlib import Path
 
 from . import options as o
+from .commands import COMMANDS, options_object, train_types, unknown_options
 from .errors import SegtuneError
-
-log = logging.getLogger("segtune")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -115,42 +114,6 @@ GROUP_TITLES = {"TrainingArguments": "TrainingArguments (the Hugging Face Traine
                 "AugmentConfig": "augmentation", "TrainOptions": "segtune train"}
 
 
-@dataclasses.dataclass
-class Command:
-    help: str
-    types: tuple
-    positional: tuple = ()  # (name, argparse kwargs)
-    output_dir: str | None = None  # the default --output-dir; None: required (report: RUN_DIR)
-
-
-def _train_types():
-    from transformers import TrainingArguments
-
-    from .training import TrainOptions
-    from .transforms import AugmentConfig
-
-    return TrainOptions, AugmentConfig, TrainingArguments
-
-
-COMMANDS = {
-    "demo": Command("generate the demo data, train, evaluate and predict (offline)", (o.DemoOptions,),
-                    output_dir="runs/demo"),
-    "train": Command("fine-tune a model (any TrainingArguments option under its own name)", ()),
-    "evaluate": Command("score a model or saved predictions against masks", (o.EvaluateOptions,),
-                        output_dir="runs/evaluate"),
-    "predict": Command("segment images with a trained model", (o.PredictOptions,),
-                       positional=(("inputs", dict(nargs="+", help="image files, folders or glob patterns "
-                                                   "('photos/*.jpg')")),)),
-    "report": Command("report.html of a run: metrics, curves, confusion matrix, worst images", (o.ReportOptions,),
-                      positional=(("run_dir", dict(type=Path, help="a `segtune train` or `segtune evaluate` "
-                                                   "output folder")),)),
-    "inspect": Command("count, measure and check a dataset before training", (o.InspectOptions,),
-                       output_dir="runs/inspect"),
-    "export": Command("export a model to ONNX and check it against torch", (o.ExportOptions,)),
-    "serve": Command("an HTTP API and a web page for a model (docs/serve.md)", (o.ServeOptions,)),
-}
-
-
 def build_parser(given_only: bool = False, only: str | None = None) -> argparse.ArgumentParser:
     """The parser with every default shown; `given_only`: one whose namespace holds only what was typed
     (so that a --config file can fill in the rest, and the command line still wins). `only`: the
@@ -165,7 +128,7 @@ def build_parser(given_only: bool = False, only: str | None = None) -> argparse.
             continue
         types, exclude = cmd.types, ()
         if name == "train":
-            types, exclude = _train_types(), ("output_dir", "debug")  # TrainingArguments' own, shadowed
+            types, exclude = train_types(), ("output_dir", "debug")  # TrainingArguments' own, shadowed
         usage = "%(prog)s --data PATH --output-dir DIR [options]" if name == "train" else None  # 150 options
         p = sub.add_parser(name, help=cmd.help, description=cmd.help, dataclass_types=types, exclude=exclude,
                            usage=usage)
@@ -178,7 +141,7 @@ def build_parser(given_only: bool = False, only: str | None = None) -> argparse.
         else:  # the defaults a user gets, in --help (set_defaults would also fill the given_only namespace)
             p.set_defaults(output_dir=cmd.output_dir)
             if name == "train":
-                from .training import RECIPE_DEFAULTS, TRAINING_DEFAULTS
+                from .training.arguments import RECIPE_DEFAULTS, TRAINING_DEFAULTS
 
                 p.set_defaults(**TRAINING_DEFAULTS, **RECIPE_DEFAULTS)
     return parser
@@ -197,111 +160,6 @@ def parse(argv: list[str]) -> tuple[str, dict]:
     return command, given
 
 
-def _fields(*types) -> set[str]:
-    return {f.name for t in types for f in dataclasses.fields(t)}
-
-
-def _read_config(path: Path) -> dict:
-    import yaml
-
-    try:
-        values = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-    except (OSError, yaml.YAMLError) as e:
-        raise SegtuneError(f"{path}: cannot read config ({str(e).splitlines()[0]})") from None
-    if not isinstance(values, dict):
-        raise SegtuneError(f"{path}: config must be a mapping of option names to values")
-    return {k.replace("-", "_"): v for k, v in values.items()}
-
-
-def train_options(given: dict):
-    """defaults < --config file < command line, into TrainOptions."""
-    train_type, augment_type, ta_type = _train_types()
-    ours_names, aug_names, ta_names = _fields(train_type), _fields(augment_type), _fields(ta_type)
-    values = dict(given)
-    if values.get("config"):
-        config = _read_config(Path(values["config"]))
-        for key, value in config.items():
-            if key not in ours_names | aug_names | ta_names or key in ("training", "augment", "callbacks"):
-                raise SegtuneError(f"{values['config']}: unknown option '{key}'")
-            values.setdefault(key, value)
-    ours = _declared(train_type, {k: v for k, v in values.items() if k in ours_names})
-    augment = {k: v for k, v in values.items() if k in aug_names}
-    training = {k: v for k, v in values.items() if k in ta_names - ours_names}
-    if not ours.get("data"):
-        raise SegtuneError("no data given: pass --data PATH (a dataset folder or YAML data file)")
-    if not ours.get("output_dir"):
-        raise SegtuneError("no output folder given: pass --output-dir PATH")
-    ours["output_dir"] = Path(ours["output_dir"])
-    if "num_workers" in ours:
-        training.setdefault("dataloader_num_workers", ours.pop("num_workers"))
-    if isinstance(training.get("report_to"), str) and "," in training["report_to"]:  # tensorboard,wandb
-        training["report_to"] = [name.strip() for name in training["report_to"].split(",") if name.strip()]
-    if ours.get("recipe") == "plain" and "head_lr_mult" in ours:
-        raise SegtuneError("--head-lr-mult: --recipe plain trains every layer at one learning rate; "
-                           "drop one of the two")
-    try:
-        return train_type(augment=augment_type(**augment), training=training, augment_given=set(augment), **ours)
-    except (TypeError, ValueError) as e:
-        raise SegtuneError(f"train options: {e}") from None
-
-
-def _options(cls, given: dict, required: tuple = ()):
-    for name in required:
-        if given.get(name) in (None, ""):
-            raise SegtuneError(f"--{name.replace('_', '-')} is required")
-    return cls(**_declared(cls, {k: v for k, v in given.items() if k in _fields(cls)}))
-
-
-def _declared(cls, values: dict) -> dict:
-    """Python callers' paths as the fields declare them: text for a str field, a Path for a Path one."""
-    hints = typing.get_type_hints(cls)
-    out = dict(values)
-    for key, value in values.items():
-        choices = typing.get_args(hints.get(key)) if typing.get_origin(hints.get(key)) is typing.Literal else ()
-        if choices and value not in choices:  # as argparse refuses it on the command line
-            raise SegtuneError(f"argument --{key.replace('_', '-')}: invalid choice: {value!r} (choose from "
-                               f"{', '.join(map(repr, choices))})")
-        if isinstance(value, str) and hints.get(key) in (Path, Path | None):
-            out[key] = Path(value)
-        elif isinstance(value, Path) and hints.get(key) in (str, str | None):
-            out[key] = str(value)
-    return out
-
-
-# ---------------------------------------------------------------- options by name: the CLI's and Python's
-
-REQUIRED = {"evaluate": ("data",), "predict": ("model", "output_dir"), "inspect": ("data",),
-            "export": ("model", "output_dir")}
-
-
-def option_names(command: str) -> set[str]:
-    """Every option `command` takes, by field name (for train, TrainingArguments' and AugmentConfig's
-    too), and its positional arguments (inputs, run_dir)."""
-    cmd = COMMANDS[command]
-    return _fields(*(_train_types() if command == "train" else cmd.types)) | {name for name, _ in cmd.positional}
-
-
-def unknown_options(command: str, names) -> SegtuneError:
-    """The one line for options `command` does not take, typed on the command line or given as keywords."""
-    return SegtuneError(f"unknown option(s): {' '.join(names)} (see segtune {command} --help)")
-
-
-def command_options(command: str, given: dict):
-    """The options object `command`'s run_* function takes, from options by field name: the command
-    line's (typed by `parse`) or a Python caller's keywords (segtune.api). Defaults, required options
-    and their checks live here once, for both."""
-    cmd = COMMANDS[command]
-    given = dict(given)
-    if cmd.output_dir is not None:
-        given.setdefault("output_dir", Path(cmd.output_dir))
-    if command == "train":
-        return train_options(given)
-    opts = _options(cmd.types[0], given, required=REQUIRED.get(command, ()))
-    if command == "evaluate" and (opts.model is None) == (opts.predictions is None):
-        raise SegtuneError("give one of --model (a model to run) or --predictions (a folder of label PNGs)")
-    return opts
-
-
 # ---------------------------------------------------------------- commands: thin callers of segtune.api
 
 
@@ -311,7 +169,7 @@ def _rest(given: dict, positional: str) -> dict:
 
 def cmd_train(given: dict) -> None:
     from . import api
-    from .training import is_main_process
+    from .training.run import is_main_process
 
     run = api.train(**given)
     if is_main_process():
@@ -339,7 +197,7 @@ def cmd_report(given: dict) -> None:
 
 def cmd_inspect(given: dict) -> None:
     from . import api
-    from .inspection import blocking_error
+    from .data.inspection import blocking_error
 
     result = api.inspect(**given)
     error = blocking_error(result.data, result.output_dir)
@@ -356,13 +214,13 @@ def cmd_export(given: dict) -> None:
 def cmd_serve(given: dict) -> None:
     from .serve import run_serve
 
-    run_serve(_options(o.ServeOptions, given, required=("model",)))
+    run_serve(options_object(o.ServeOptions, given, required=("model",)))
 
 
 def cmd_demo(given: dict) -> None:
     from .demo import run_demo
 
-    opts = _options(o.DemoOptions, given)
+    opts = options_object(o.DemoOptions, given)
     run_demo(opts.output_dir, seed=opts.seed, bf16=opts.bf16)
 
 

@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .demo_data import DEMO_IMAGE_SIZE, DEMO_TRAINING, generate_demo_dataset
+from .data.demo_data import DEMO_IMAGE_SIZE, DEMO_TRAINING, generate_demo_dataset
 from .errors import SegtuneError
 
 MARKER = ".segtune-demo"  # lets a later demo replace its own output, and nothing else
@@ -26,11 +26,12 @@ def _claim_output_dir(out: Path) -> None:
 
 
 def run_demo(out: Path, seed: int = 0, bf16: bool | None = None) -> dict:
-    from .data import MaskRules
-    from .inference import Segmenter
-    from .prediction import predict_images
-    from .training import TrainOptions, run_training
-    from .transforms import AugmentConfig
+    from .data.reading import MaskRules
+    from .data.transforms import AugmentConfig
+    from .inference.segmenter import Segmenter
+    from .prediction.run import predict_images
+    from .training.arguments import TrainOptions
+    from .training.run import run_training
 
     start = time.time()
     _claim_output_dir(out)

@@ -27,7 +27,7 @@ def save_tiny_model(path, names, scale: int = 32):
     import torch
     from transformers import SegformerImageProcessorPil
 
-    from segtune.labels import LabelSet
+    from segtune.data.labels import LabelSet
 
     torch.manual_seed(0)
     tiny_segformer(len(names)).save_pretrained(path)
@@ -59,7 +59,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory):
     """The demo generator at a small size: ADE20K layout, 0 = other, id2label.json beside it."""
-    from segtune.demo_data import generate_demo_dataset
+    from segtune.data.demo_data import generate_demo_dataset
 
     return generate_demo_dataset(tmp_path_factory.mktemp("demo") / "data", seed=1, num_train=12, num_val=4, image_size=64)
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from segtune.cli import main
+from segtune.data.sources import load_data
 from segtune.errors import SegtuneError
-from segtune.sources import load_data
 
 from .conftest import save_tiny_model
 from .helpers import H, W, write_image
@@ -84,7 +84,7 @@ def test_coco_polygons_follow_the_rasteriser_within_a_boundary_pixel(tmp_path):
             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [triangle], "iscrowd": 0},
                             {"id": 2, "image_id": 1, "category_id": 2, "segmentation": [square], "iscrowd": 0}]}
     (tmp_path / "coco.json").write_text(json.dumps(spec))
-    from segtune.sources.coco import coco_pairs
+    from segtune.data.sources.coco import coco_pairs
 
     (pair,) = coco_pairs(tmp_path / "coco.json", None, "class", 255, problems := [])
     assert pair.image == tmp_path / "images" / "a.png" and not problems  # found in images/ beside the JSON
@@ -141,7 +141,7 @@ def test_coco_data_file_with_background_ignore(tmp_path):
 
 def test_coco_rle_of_camvid_scores_exactly_like_its_png_masks(shared_data, tmp_path):
     """CamVid's validation masks as COCO RLE (11 = void: not covered, ignored) score as the PNGs do."""
-    from segtune.data import read_mask
+    from segtune.data.reading import read_mask
 
     camvid = shared_data / "camvid-mini"
     names = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
@@ -216,7 +216,7 @@ def test_an_ultralytics_data_yaml_works_as_it_is(tmp_path):
 
 
 def voc_folder(root, masks: dict, labelmap: str | None, palette_mode: bool):
-    from segtune.sources.voc import voc_palette
+    from segtune.data.sources.voc import voc_palette
 
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     colours = voc_palette()
@@ -278,8 +278,8 @@ def test_cvat_segmentation_mask_export_with_labelmap(tmp_path):
 def test_export_check_data_and_show_gt_read_a_voc_folders_masks(tmp_path):
     # export --check-data and predict --show-gt ask one question (segtune.sources.is_dataset): a VOC
     # folder is a dataset, so its masks are read, not taken for a folder of plain images.
-    from segtune.exporting import check_images
-    from segtune.prediction import ground_truth_masks
+    from segtune.exporting.run import check_images
+    from segtune.prediction.inputs import ground_truth_masks
 
     masks = random_masks(5, classes=21)
     root = voc_folder(tmp_path / "voc", masks, None, palette_mode=True)

@@ -18,7 +18,7 @@ import torch
 
 import segtune
 from segtune.cli import main
-from segtune.metrics import MeanIoU
+from segtune.evaluation.metrics import MeanIoU
 
 from .conftest import tiny_segformer
 from .reference_metric import reference_mean_iou
@@ -68,11 +68,11 @@ def test_every_public_name_resolves_and_is_documented():
 
 
 def test_the_jobs_are_the_api_functions_and_the_step_modules_keep_their_own_names():
-    import segtune.evaluation
-    import segtune.training
+    import segtune.evaluation.run
+    import segtune.training.run
 
     assert segtune.train is segtune.api.train and segtune.evaluate is segtune.api.evaluate
-    assert segtune.training.run_training and segtune.evaluation.run_evaluation  # the modules behind them
+    assert segtune.training.run.run_training and segtune.evaluation.run.run_evaluation  # the modules behind them
     assert segtune.train is segtune.api.train  # importing the modules did not rebind the names
 
 
@@ -253,8 +253,7 @@ def test_mean_iou_streams_batches_and_ignores_the_trainers_padding():
 
 
 def test_mean_iou_in_a_plain_trainer_equals_the_tutorials_compute_metrics(demo_dataset, tmp_path):
-    from benchmarks.seed import (SeedDataset, seed_compute_metrics, seed_processor, seed_trainer,
-                                 seed_training_arguments)
+    from benchmarks.seed import SeedDataset, seed_compute_metrics, seed_processor, seed_trainer, seed_training_arguments
 
     root = Path(demo_dataset)
     pairs = [(image, root / "annotations" / "validation" / f"{image.stem}.png")
@@ -280,7 +279,7 @@ def test_mean_iou_in_a_plain_trainer_equals_the_tutorials_compute_metrics(demo_d
 
 
 def test_load_data_dataset_and_collate(demo_dataset):
-    from segtune.model import training_processor
+    from segtune.models.loading import training_processor
 
     data = segtune.load_data(demo_dataset, reduce_labels=True)
     assert len(data.train) == 12 and len(data.val) == 4 and data.rules.reduce_labels
@@ -357,8 +356,8 @@ import json, sys
 import torch
 from transformers import SegformerForSemanticSegmentation, Trainer, TrainingArguments
 import segtune
-from segtune.metrics import MeanIoU
-from segtune.model import training_processor
+from segtune.evaluation import MeanIoU
+from segtune.models.loading import training_processor
 
 data_dir, model_dir, out = sys.argv[1:4]
 data = segtune.load_data(data_dir, reduce_labels=True)
@@ -376,7 +375,7 @@ if torch.distributed.is_initialized():  # as segtune's runs do: a process group 
 
 
 def test_mean_iou_under_two_processes_equals_one(tmp_path):
-    from segtune.demo_data import generate_demo_dataset
+    from segtune.data.demo_data import generate_demo_dataset
 
     data = generate_demo_dataset(tmp_path / "data", seed=2, num_train=2, num_val=5, image_size=64)
     torch.manual_seed(0)

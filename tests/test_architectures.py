@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from segtune.cli import main
+
 from .arch_tiny import KINDS, save_tiny, tiny_config
 from .helpers import make_flat
-from segtune.cli import main
 
 RUN = ["--base-size", "48", "--crop-size", "32", "--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
        "--load_best_model_at_end", "false", "--num-workers", "0",
@@ -48,8 +49,8 @@ def images(data, n=3):
 def test_train_evaluate_predict_export_and_reload(kind, runs, data, tmp_path):
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
 
-    from segtune import architectures
-    from segtune.inference import Segmenter
+    from segtune.inference.segmenter import Segmenter
+    from segtune.models import architectures
 
     run = runs(kind)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -100,9 +101,9 @@ def test_report_names_the_architecture(kind, runs, data, tmp_path):
 def test_the_ignore_index_reaches_the_models_own_loss(kind):
     from transformers import AutoModelForSemanticSegmentation
 
-    from segtune import architectures
-    from segtune.labels import LabelSet
-    from segtune.model import load_model
+    from segtune.data.labels import LabelSet
+    from segtune.models import architectures
+    from segtune.models.loading import load_model
 
     labels = LabelSet.from_names(["a", "b", "c"])
     config = tiny_config(kind)
@@ -139,9 +140,9 @@ def test_segtunes_own_losses_train_the_auxiliary_head_at_its_weight(kind):
     segtune's cross-entropy the total equals the model's own loss."""
     from transformers import AutoModelForSemanticSegmentation
 
-    from segtune import architectures
-    from segtune.losses import CrossEntropyLoss, parse_loss_spec
-    from segtune.trainer import loss_with_auxiliary
+    from segtune.models import architectures
+    from segtune.training.losses import CrossEntropyLoss, parse_loss_spec
+    from segtune.training.trainer import loss_with_auxiliary
 
     config = tiny_config(kind)
     config.num_labels = 3
@@ -168,8 +169,8 @@ def test_segtunes_own_losses_train_the_auxiliary_head_at_its_weight(kind):
 def test_recipe_puts_the_head_at_its_lr_and_norms_without_decay(kind):
     from transformers import AutoModelForSemanticSegmentation
 
-    from segtune.architectures import NO_DECAY_NAMES
-    from segtune.optim import NORM_TYPES, is_head_parameter, param_groups
+    from segtune.models.architectures import NO_DECAY_NAMES
+    from segtune.training.optim import NORM_TYPES, is_head_parameter, param_groups
 
     model = AutoModelForSemanticSegmentation.from_config(tiny_config(kind))
     groups = {g["name"]: g for g in param_groups(model, lr=1e-3, weight_decay=0.01, head_lr_mult=10)}
@@ -188,8 +189,8 @@ def test_recipe_puts_the_head_at_its_lr_and_norms_without_decay(kind):
 
 
 def test_offline_names_build_full_size_configs_and_unknown_ones_list_the_known(data, tmp_path, capsys):
-    from segtune.architectures import OFFLINE_NAMES, offline_config
     from segtune.errors import SegtuneError
+    from segtune.models.architectures import OFFLINE_NAMES, offline_config
 
     expected = {"mit-b0": "segformer", "upernet-convnext-tiny": "upernet", "upernet-swin-tiny": "upernet",
                 "dpt-large": "dpt", "dpt-hybrid": "dpt", "beit-base": "beit", "data2vec-vision-base": "data2vec-vision",
@@ -216,7 +217,7 @@ def test_train_from_an_offline_name(tmp_path, data):
 
 
 def test_exportable_pooling_equals_torchs_adaptive_pooling():
-    from segtune.architectures import ExportableAdaptiveAvgPool
+    from segtune.models.architectures import ExportableAdaptiveAvgPool
 
     for shape in [(2, 3, 17, 23), (1, 4, 6, 6), (1, 2, 5, 40)]:
         x = torch.randn(*shape)
@@ -237,7 +238,7 @@ def test_serve_answers_for_a_non_segformer_model(runs, data):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from segtune.inference import Segmenter
+    from segtune.inference.segmenter import Segmenter
     from segtune.serve.app import create_app
 
     segmenter = Segmenter.from_pretrained(runs("mobilenet_v2"), num_workers=0)

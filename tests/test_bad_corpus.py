@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segtune.checks import checked_labels
 from segtune.cli import main
-from segtune.labels import load_labels
-from segtune.sources import load_data
+from segtune.data.checks import checked_labels
+from segtune.data.labels import load_labels
+from segtune.data.sources import load_data
 
 from .helpers import H, W, make_flat, write_image, write_mask
 
@@ -157,13 +157,13 @@ def test_inspect_gives_every_bad_file_its_one_line(corpus, tmp_path):
 
 
 def test_train_gives_every_bad_file_its_one_line(corpus, tmp_path, capsys, monkeypatch):
-    import segtune.training
+    import segtune.training.run
 
     def tripwire(*args, **kwargs):
         pytest.fail("a model was built although the input is bad")
 
-    monkeypatch.setattr(segtune.training, "load_model", tripwire)
-    monkeypatch.setattr(segtune.training, "training_processor", tripwire)
+    monkeypatch.setattr(segtune.training.run, "load_model", tripwire)
+    monkeypatch.setattr(segtune.training.run, "training_processor", tripwire)
     root, labels, expected = corpus
     code = main(["train", "--data", str(root), "--labels", str(labels), "--output-dir", str(tmp_path / "run"),
                  "--model", "mit-b0", "--max_steps", "1"])
@@ -193,7 +193,7 @@ def test_bad_rows_of_a_datasets_table_each_get_their_line(tmp_path, capsys, monk
 
     import datasets
 
-    import segtune.training
+    import segtune.training.run
 
     def encoded(array):
         buffer = io.BytesIO()
@@ -226,8 +226,8 @@ def test_bad_rows_of_a_datasets_table_each_get_their_line(tmp_path, capsys, monk
     def tripwire(*args, **kwargs):
         pytest.fail("a model was built although the input is bad")
 
-    monkeypatch.setattr(segtune.training, "load_model", tripwire)
-    monkeypatch.setattr(segtune.training, "training_processor", tripwire)
+    monkeypatch.setattr(segtune.training.run, "load_model", tripwire)
+    monkeypatch.setattr(segtune.training.run, "training_processor", tripwire)
     code = main(["train", "--data", str(tmp_path / "table"), "--output-dir", str(tmp_path / "run"),
                  "--model", "mit-b0", "--max_steps", "1"])
     out, err = capsys.readouterr()
@@ -243,7 +243,8 @@ def test_bad_rows_of_a_datasets_table_each_get_their_line(tmp_path, capsys, monk
     (np.zeros((2, 3, 1)), r"column 'label' has shape \(2, 3, 1\)"),
 ])
 def test_malformed_mask_rows_are_one_line_errors(mask, problem):
-    from segtune.data import MaskRules, decode_row
+    from segtune.data.pairs import decode_row
+    from segtune.data.reading import MaskRules
     from segtune.errors import SegtuneError
 
     row = {"image": Image.new("RGB", (3, 2)), "label": mask}
@@ -300,7 +301,7 @@ def coco_corpus(root):
 
 
 def test_a_bad_coco_export_gives_each_annotation_its_one_line(tmp_path, capsys, monkeypatch):
-    import segtune.training
+    import segtune.training.run
 
     path, expected = coco_corpus(tmp_path / "coco")
     result = subprocess.run(  # a real process: no traceback, no stray warning
@@ -313,8 +314,8 @@ def test_a_bad_coco_export_gives_each_annotation_its_one_line(tmp_path, capsys, 
     def tripwire(*args, **kwargs):
         pytest.fail("a model was built although the input is bad")
 
-    monkeypatch.setattr(segtune.training, "load_model", tripwire)
-    monkeypatch.setattr(segtune.training, "training_processor", tripwire)
+    monkeypatch.setattr(segtune.training.run, "load_model", tripwire)
+    monkeypatch.setattr(segtune.training.run, "training_processor", tripwire)
     code = main(["train", "--data", str(path), "--output-dir", str(tmp_path / "run"), "--model", "mit-b0",
                  "--max_steps", "1"])
     out, err = capsys.readouterr()

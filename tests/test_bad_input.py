@@ -19,13 +19,13 @@ from .helpers import H, W, make_flat, write_image, write_mask, write_pairs
 
 @pytest.fixture(autouse=True)
 def no_model(monkeypatch):
-    import segtune.training
+    import segtune.training.run
 
     def tripwire(*args, **kwargs):
         pytest.fail("a model was built although the input is bad")
 
-    monkeypatch.setattr(segtune.training, "load_model", tripwire)
-    monkeypatch.setattr(segtune.training, "training_processor", tripwire)
+    monkeypatch.setattr(segtune.training.run, "load_model", tripwire)
+    monkeypatch.setattr(segtune.training.run, "training_processor", tripwire)
 
 
 def train_argv(data, output_dir, *extra):
@@ -268,7 +268,7 @@ def test_evaluate_bad_dataset(capsys, tmp_path, flat):
 
 def test_evaluate_checks_every_mask_it_scores(capsys, tmp_path, flat):
     """A flat dataset is scored whole (`--split auto`), so every mask must pass the class check."""
-    from segtune.sources import load_data
+    from segtune.data.sources import load_data
 
     data = load_data(flat, val_split=0.2, seed=42)  # as cmd_evaluate loads it
     values = np.zeros((H, W), dtype=np.uint8)

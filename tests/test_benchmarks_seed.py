@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks.seed import seed_compute_metrics, seed_mean_iou
-from segtune.metrics import ConfusionMatrix
+from segtune.evaluation.metrics import ConfusionMatrix
 
 KEYS = ("mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy")
 
@@ -96,7 +96,7 @@ def test_post_logits_sides_score_alike(kind):
     # benchmarks/post_logits.py times the seed's compute_metrics against segtune's path after
     # the logits (with class pruning on the trained-like logits): both must give the same IoUs.
     from benchmarks.post_logits import make_logits, same, seed_side, segtune_side
-    from segtune.postprocess import candidate_classes
+    from segtune.inference.postprocess import candidate_classes
 
     logits, labels = make_logits(kind, 3, 150, (128, 160), seed=1)
     kept = [candidate_classes(x) for x in logits]

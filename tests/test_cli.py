@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 
 from segtune import options
-from segtune.cli import COMMANDS, build_parser, main, parse
+from segtune.cli import build_parser, main, parse
+from segtune.commands import COMMANDS
 
 
 def subparsers():
@@ -48,8 +49,8 @@ def test_help_shows_the_defaults_the_dataclasses_declare(command):
 
 
 def test_train_help_shows_segtunes_training_defaults_not_the_trainers():
-    from segtune.training import RECIPE_DEFAULTS, TRAINING_DEFAULTS, TrainOptions
-    from segtune.transforms import AugmentConfig
+    from segtune.data.transforms import AugmentConfig
+    from segtune.training.arguments import RECIPE_DEFAULTS, TRAINING_DEFAULTS, TrainOptions
 
     actions = {}
     for a in subparsers()["train"]._actions:

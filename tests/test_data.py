@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segtune.checks import checked_labels
-from segtune.data import MaskRules, read_mask, reduce_labels
-from segtune.sources import load_data
+from segtune.data.checks import checked_labels
+from segtune.data.labels import LabelSet, load_labels
+from segtune.data.reading import MaskRules, read_mask, reduce_labels
+from segtune.data.sources import load_data
 from segtune.errors import SegtuneError
-from segtune.labels import LabelSet, load_labels
 
 from .helpers import SHARED_DATA, make_ade, make_flat, stems, write_image, write_mask, write_pairs
 
@@ -398,7 +398,7 @@ def test_hidden_and_other_files_are_skipped(tmp_path):
 
 def test_16_bit_images_stored_as_arrays_are_scaled_not_wrapped():
     """As to_rgb scales a 16-bit file: 65535 -> 255, 257 * k -> k; 8-bit arrays are kept."""
-    from segtune.data import decode_row
+    from segtune.data.pairs import decode_row
 
     def image_of(pixels):
         row = {"image": pixels, "label": [[0, 1, 2], [2, 1, 0]]}

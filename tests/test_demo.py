@@ -8,9 +8,9 @@ from PIL import Image
 
 import segtune.demo as demo
 from segtune.cli import main
-from segtune.demo_data import DEMO_CLASSES, DEMO_COLORS, generate_demo_dataset
-from segtune.labels import load_labels
-from segtune.visualize import ERROR_COLOR, IGNORED_COLOR, UNSCORED_COLOR
+from segtune.data.demo_data import DEMO_CLASSES, DEMO_COLORS, generate_demo_dataset
+from segtune.data.drawing import ERROR_COLOR, IGNORED_COLOR, UNSCORED_COLOR
+from segtune.data.labels import load_labels
 
 
 def test_generator_is_deterministic_and_ade20k_shaped(tmp_path):

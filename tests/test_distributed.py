@@ -21,7 +21,7 @@ LAUNCHERS = {
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_two_processes(tmp_path, tiny_model_dir, launcher):
-    from segtune.demo_data import generate_demo_dataset
+    from segtune.data.demo_data import generate_demo_dataset
 
     data = generate_demo_dataset(tmp_path / "data", seed=2, num_train=12, num_val=5, image_size=64)
     out = tmp_path / "run"

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from .helpers import make_flat
 from segtune.cli import main
+
+from .helpers import make_flat
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -128,7 +129,7 @@ def test_generated_and_real_check_images(tmp_path, untrained, shared_data):
 
 def test_a_failed_check_exits_with_one_line_and_marks_the_export_failed(tmp_path, untrained, capsys,
                                                                          monkeypatch):
-    from segtune.runners_onnx import OnnxRuntimeRunner
+    from segtune.inference.onnx_runners import OnnxRuntimeRunner
 
     real_call = OnnxRuntimeRunner.__call__
     noise = torch.Generator().manual_seed(0)
@@ -146,9 +147,9 @@ def test_a_failed_check_exits_with_one_line_and_marks_the_export_failed(tmp_path
 
 
 def test_an_operation_onnx_cannot_express_is_named(tmp_path, untrained, capsys, monkeypatch):
-    import segtune.exporting
+    import segtune.exporting.run
 
-    monkeypatch.setattr(segtune.exporting._Logits, "forward",
+    monkeypatch.setattr(segtune.exporting.run._Logits, "forward",
                         lambda self, pixel_values: torch.special.i0(self.model(pixel_values=pixel_values).logits))
     line = error_line(capsys, ["export", "--model", untrained, "--output-dir", tmp_path / "x"])
     assert "cannot be exported to ONNX opset 18" in line and "aten::i0" in line
@@ -180,7 +181,7 @@ def test_predict_through_each_runtime_gives_the_torch_label_maps(run, tmp_path, 
         assert equal_share(label_maps(torch_out, names), label_maps(onnx_out, names)) >= 0.999, mode
         summary = json.loads((onnx_out / "predict.json").read_text())
         assert summary["runtime"] == runtime and summary["device"] == "cpu" and summary["streams"] == 1  # 1 thread
-    from segtune.prediction import load_probabilities
+    from segtune.prediction.run import load_probabilities
 
     for n in names:
         a, b = (load_probabilities(tmp_path / f"{k}-whole" / "probs" / f"{n}.npz") for k in ("torch", runtime))
@@ -211,8 +212,8 @@ def test_evaluate_scores_the_exported_model_as_the_torch_one(run, tmp_path, runt
 
 
 def test_the_segmenter_runs_an_export_folder_or_file(run):
-    from segtune.inference import Segmenter
-    from segtune.runners_onnx import OnnxRuntimeRunner
+    from segtune.inference.onnx_runners import OnnxRuntimeRunner
+    from segtune.inference.segmenter import Segmenter
 
     data, model, export = run
     image = Image.open(sorted((data / "images").iterdir())[0])
@@ -259,8 +260,8 @@ print("ok")
 
 
 def test_predicting_with_an_exported_runtime_leaves_torch_one_thread_then_restores_it(run, tmp_path):
-    from segtune.inference import Segmenter
-    from segtune.prediction import predict_images
+    from segtune.inference.segmenter import Segmenter
+    from segtune.prediction.run import predict_images
 
     data, model, export = run
     segmenter = Segmenter.from_pretrained(export, threads=1)
@@ -297,9 +298,9 @@ def test_streams_are_openvinos_alone(run, tmp_path, capsys):
 def test_an_export_runs_without_transformers_and_preprocesses_as_its_processor(run, tmp_path):
     import subprocess
 
-    from segtune.inference import Segmenter
-    from segtune.model import load_processor
-    from segtune.preprocess import SavedProcessor
+    from segtune.inference.preprocess import SavedProcessor
+    from segtune.inference.segmenter import Segmenter
+    from segtune.models.loading import load_processor
 
     data, model, export = run
     segmenter = Segmenter.from_pretrained(export)
@@ -329,7 +330,7 @@ def test_an_export_runs_without_transformers_and_preprocesses_as_its_processor(r
 
 
 def test_metadata_alone_describes_a_bare_onnx_file(run, tmp_path):
-    from segtune.inference import Segmenter
+    from segtune.inference.segmenter import Segmenter
 
     _, _, export = run
     bare = tmp_path / "alone.onnx"

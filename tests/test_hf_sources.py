@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from segtune.cli import main
-from segtune.data import MaskRules
+from segtune.data.reading import MaskRules
+from segtune.data.sources import load_data
 from segtune.errors import SegtuneError
-from segtune.sources import load_data
 
 H, W = 24, 32
 
@@ -184,7 +184,7 @@ def test_streaming_needs_max_steps_and_classes(hf_sources, tmp_path, capsys):
 def _shard_rows(rank, world, path, out):
     import torch.distributed as dist
 
-    from segtune.sources import load_data
+    from segtune.data.sources import load_data
 
     dist.init_process_group("gloo", init_method=f"file://{out}.init", rank=rank, world_size=world)
     data = load_data(path, streaming=True)
@@ -284,7 +284,7 @@ def test_a_streamed_run_lets_each_rank_read_its_own_batches(hf_sources, tmp_path
     from accelerate.data_loader import prepare_data_loader
     from torch.utils.data import DataLoader
 
-    from segtune.training import training_arguments
+    from segtune.training.arguments import training_arguments
 
     args = training_arguments(tmp_path, {}, streaming=True)
     assert args.accelerator_config.dispatch_batches is False
@@ -330,7 +330,7 @@ def test_an_image_over_the_warning_limit_is_refused_naming_its_row(tmp_path, mon
     """Between Pillow's warning and error limits a row is refused as a file is, before it is decoded."""
     import datasets
 
-    from segtune.data import decode_row
+    from segtune.data.pairs import decode_row
     from tests import test_bad_corpus
 
     bomb = test_bad_corpus.png_bomb(tmp_path / "bomb.png", side=10000)  # 100 megapixels: warns, not an error

@@ -3,9 +3,9 @@
 import numpy as np
 from PIL import Image
 
-from segtune.checks import checked_labels
-from segtune.data import read_image, read_mask
-from segtune.sources import load_data
+from segtune.data.checks import checked_labels
+from segtune.data.reading import read_image, read_mask
+from segtune.data.sources import load_data
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
@@ -55,8 +55,8 @@ def test_exif_orientation_is_applied_so_image_and_mask_line_up(tmp_path):
 def test_segmenter_accepts_paths_arrays_and_images_alike(tiny_model_dir, tmp_path):
     from transformers import AutoModelForSemanticSegmentation, SegformerImageProcessorPil
 
-    from segtune.labels import LabelSet
-    from segtune.inference import Segmenter
+    from segtune.data.labels import LabelSet
+    from segtune.inference.segmenter import Segmenter
 
     processor = SegformerImageProcessorPil(size={"shortest_edge": 32})
     model = AutoModelForSemanticSegmentation.from_pretrained(tiny_model_dir)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segtune.checks import checked_labels, scan
 from segtune.cli import main
-from segtune.data import MaskRules
+from segtune.data.checks import checked_labels, scan
+from segtune.data.label_checks import label_findings, mask_facts
+from segtune.data.labels import load_labels
+from segtune.data.reading import MaskRules
+from segtune.data.sources import load_data
 from segtune.errors import SegtuneError
-from segtune.label_checks import label_findings, mask_facts
-from segtune.labels import load_labels
-from segtune.metrics import metrics_to_json
-from segtune.sources import load_data
+from segtune.evaluation.metrics import metrics_to_json
 
 from .helpers import write_image, write_mask
 
@@ -345,9 +345,9 @@ def test_clean_real_and_demo_masks_do_not_look_interpolated(shared_data, demo_da
 def test_the_report_shows_the_findings_train_records(tmp_path):
     import torch
 
-    from segtune.labels import LabelSet
-    from segtune.metrics import ConfusionMatrix
-    from segtune.reporting import write_report
+    from segtune.data.labels import LabelSet
+    from segtune.evaluation.metrics import ConfusionMatrix
+    from segtune.reporting.report import write_report
 
     root = make_set(tmp_path / "data", ade_like())
     data = load_data(root)

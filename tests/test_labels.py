@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from segtune.ade20k import ADE20K_CLASSES, ADE20K_PALETTE
+from segtune.data.ade20k import ADE20K_CLASSES, ADE20K_PALETTE
+from segtune.data.labels import LabelSet, ade20k_labels, generated_palette, load_labels
 from segtune.errors import SegtuneError
-from segtune.labels import LabelSet, ade20k_labels, generated_palette, load_labels
 
 
 def test_ade20k_constants():

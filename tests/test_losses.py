@@ -9,16 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segtune.losses import (
-    CombinedLoss,
-    CrossEntropyLoss,
-    DiceLoss,
-    FocalLoss,
-    class_weights_from_frequencies,
-    load_class_weights,
-    parse_loss_spec,
-    pixel_counts,
-)
+from segtune.training.losses import (CombinedLoss, CrossEntropyLoss, DiceLoss, FocalLoss,
+                                     class_weights_from_frequencies, load_class_weights, parse_loss_spec, pixel_counts)
 
 IGNORE = 255
 WEIGHTS = torch.tensor([0.5, 2.0, 1.0])

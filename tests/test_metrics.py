@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from segtune.metrics import ConfusionMatrix, metrics_to_json
+from segtune.evaluation.metrics import ConfusionMatrix, metrics_to_json
 
 from .reference_metric import reference_mean_iou  # evaluate's algorithm, written for the tests
 
@@ -128,7 +128,7 @@ def test_merge_equals_single_pass():
 
 @pytest.mark.parametrize("classes", [1, 2, 11, 150])
 def test_class_argmax_equals_torch_argmax_ties_included(classes):
-    from segtune.postprocess import class_argmax
+    from segtune.inference.postprocess import class_argmax
 
     generator = torch.Generator().manual_seed(classes)
     scores = torch.randint(-3, 4, (classes, 37, 23), generator=generator).float()  # many exact ties
@@ -139,7 +139,7 @@ def test_class_argmax_equals_torch_argmax_ties_included(classes):
 
 
 def test_batched_upsampling_equals_one_image_at_a_time():
-    from segtune.postprocess import upsampled_argmax
+    from segtune.inference.postprocess import upsampled_argmax
 
     logits = torch.randn(3, 7, 16, 21, generator=torch.Generator().manual_seed(1))
     batched = upsampled_argmax(logits, (61, 83))
@@ -168,7 +168,7 @@ def _trained_like_logits(classes, h, w, seed, present=5, rounded=False):
     (64, 200, 180, (130, 140), True),  # downsampling
 ])
 def test_pruned_upsampling_gives_the_ids_of_the_full_one(classes, h, w, size, rounded):
-    from segtune.postprocess import candidate_classes, upsampled_argmax
+    from segtune.inference.postprocess import candidate_classes, upsampled_argmax
 
     batch = torch.stack([_trained_like_logits(classes, h, w, seed, rounded=rounded) for seed in range(3)])
     kept = [candidate_classes(item) for item in batch]
@@ -179,7 +179,7 @@ def test_pruned_upsampling_gives_the_ids_of_the_full_one(classes, h, w, size, ro
 
 
 def test_candidates_keep_a_class_that_wins_only_between_pixels():
-    from segtune.postprocess import candidate_classes
+    from segtune.inference.postprocess import candidate_classes
 
     logits = torch.full((4, 2, 2), -5.0)
     logits[0, :, 0], logits[1, :, 1] = 10.0, 10.0  # class 0 leads on the left, 1 on the right
@@ -190,7 +190,7 @@ def test_candidates_keep_a_class_that_wins_only_between_pixels():
 
 
 def test_candidates_none_for_non_finite_or_few_classes():
-    from segtune.postprocess import candidate_classes
+    from segtune.inference.postprocess import candidate_classes
 
     logits = _trained_like_logits(40, 8, 8, 0)
     assert candidate_classes(logits) is not None
@@ -203,7 +203,7 @@ def test_candidates_none_for_non_finite_or_few_classes():
 def test_torch_upsamples_each_plane_alike_from_the_pruning_size(planes):
     # upsampled_argmax relies on this from PRUNE_MIN_PIXELS on: a plane's values do not depend
     # on the other planes upsampled with it.
-    from segtune.postprocess import PRUNE_MIN_PIXELS
+    from segtune.inference.postprocess import PRUNE_MIN_PIXELS
 
     logits = torch.randn(60, 37, 29, generator=torch.Generator().manual_seed(planes))
     for size in [(128, 128), (131, 300), (512, 683)]:
@@ -219,7 +219,7 @@ def test_candidates_by_corner_rivals():
     # top, class 1 at the bottom; their mean is (0, 0, 6, 6). Classes 3.. reach 5 (above what the
     # quick test can rule out) but the mean beats them at every corner; class 2 beats the mean at
     # the top but class 0 beats it at every corner. None of them can win anywhere.
-    from segtune.postprocess import candidate_classes
+    from segtune.inference.postprocess import candidate_classes
 
     corners = torch.tensor([[8, 8, 0, 0], [-8, -8, 12, 12], [7, 7, -1, -1]] + [[-1, -1, 5, 5]] * 27, dtype=torch.float)
     logits = corners.view(30, 2, 2)

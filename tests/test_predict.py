@@ -12,12 +12,14 @@ import torch
 from PIL import Image
 
 from segtune.cli import main
+from segtune.data.drawing import error_map
+from segtune.data.labels import LabelSet
 from segtune.errors import SegtuneError
-from segtune.labels import LabelSet
-from segtune.inference import Segmenter, slide_windows, window_counts
-from segtune.model import FoldedSegformerHead
-from segtune.prediction import collect_images, load_probabilities, predict_images
-from segtune.visualize import error_map
+from segtune.inference.geometry import slide_windows, window_counts
+from segtune.inference.segmenter import Segmenter
+from segtune.models.folding import FoldedSegformerHead
+from segtune.prediction.inputs import collect_images
+from segtune.prediction.run import load_probabilities, predict_images
 
 from .conftest import tiny_segformer
 

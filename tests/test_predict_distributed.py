@@ -15,19 +15,19 @@ import pytest
 from PIL import Image
 
 from segtune.cli import main
-from segtune.prediction import load_probabilities
+from segtune.prediction.run import load_probabilities
 
 from .conftest import save_tiny_model
 
 TIMINGS = ("seconds", "images_per_second")
 NAMES = [f"img{i}" for i in range(7)]  # 7 images over 2 ranks: 4 and 3
 
-# Each process logs the images it writes (segtune.prediction._write_outputs) to WRITTEN/rank<r>.txt:
+# Each process logs the images it writes (segtune.prediction.run._write_outputs) to WRITTEN/rank<r>.txt:
 # loaded at start-up through PYTHONPATH, so the command under test stays `-m segtune predict`.
 HOOK = '''
 import os
 if os.environ.get("SEGTUNE_TEST_WRITTEN") and os.environ.get("RANK") is not None:
-    import segtune.prediction as predict
+    import segtune.prediction.run as predict
     original = predict._write_outputs
 
     def logged(entry, *args, **kwargs):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from segtune.architectures import ARCHITECTURES, OFFLINE_NAMES, make_processor, offline_config
-from segtune.model import IMAGENET_MEAN, IMAGENET_STD
-from segtune.preprocess import FastPreprocess, resize_output_size
+from segtune.inference.preprocess import FastPreprocess, resize_output_size
+from segtune.models.architectures import ARCHITECTURES, OFFLINE_NAMES, make_processor, offline_config
+from segtune.models.loading import IMAGENET_MEAN, IMAGENET_STD
 
 SIZES = [(360, 480), (480, 360), (1, 7), (33, 17), (512, 512), (719, 1283), (100, 100)]  # (height, width)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from segtune.optim import default_warmup_steps, is_head_parameter, param_groups, poly_schedule
+from segtune.training.optim import default_warmup_steps, is_head_parameter, param_groups, poly_schedule
 
 IGNORE = 255
 
@@ -170,7 +170,7 @@ def test_default_warmup_steps():
 
 
 def test_recipe_trains_a_tiny_segformer():
-    from segtune.losses import parse_loss_spec
+    from segtune.training.losses import parse_loss_spec
 
     model = tiny_segformer()
     opt = torch.optim.AdamW(param_groups(model, lr=3e-3))

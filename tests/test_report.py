@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from segtune.cli import main
-from segtune.evaluation import EvalDataset, evaluate_model
-from segtune.metrics import ConfusionMatrix
-from segtune.reporting import ImageScores, write_report
-from segtune.report_charts import _series, normalised_confusion, read_log
-from segtune.sources import load_data
-from segtune.transforms import ProcessorTransform
+from segtune.data.sources import load_data
+from segtune.evaluation.metrics import ConfusionMatrix
+from segtune.evaluation.scoring import EvalDataset, ImageScores, evaluate_model
+from segtune.inference.preprocess import ProcessorTransform
+from segtune.reporting.charts import _series, normalised_confusion, read_log
+from segtune.reporting.report import write_report
 
 from .conftest import tiny_segformer
 
@@ -28,7 +28,7 @@ GALLERY = 3
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, demo_dataset):
     """A run folder as `segtune train` leaves it (model, processor, labels, metrics, log), untrained."""
-    from segtune.model import training_processor
+    from segtune.models.loading import training_processor
 
     data = load_data(demo_dataset)
     data.reduce_labels = True
@@ -155,7 +155,7 @@ def test_report_of_an_evaluation_without_scores(tmp_path, capsys):
 
 def test_report_page_escapes_the_user_s_text(tmp_path):
     """Class names, captions and titles are the user's text: the template escapes them all."""
-    from segtune.labels import LabelSet
+    from segtune.data.labels import LabelSet
 
     names = ["<script>alert(1)</script>", "a&b", 'say "hi"']
     (tmp_path / "metrics.json").write_text(json.dumps({
@@ -170,10 +170,10 @@ def test_report_page_escapes_the_user_s_text(tmp_path):
 def test_write_report_takes_a_pass_already_made(run, tmp_path, monkeypatch):
     """A pass already made (`evaluate_model(..., on_item=ImageScores(...))`) feeds the report, which then
     runs no pass of its own (it is given no model to run)."""
-    import segtune.reporting
+    import segtune.reporting.report
 
     data, n = run.data, len(run.data.labels)
-    monkeypatch.setattr(segtune.reporting, "score_model", None)  # a second pass would fail
+    monkeypatch.setattr(segtune.reporting.report, "score_model", None)  # a second pass would fail
     scores = ImageScores(n, data.ignore_index, keep=2)
     cm = evaluate_model(run.model, EvalDataset(data.val, ProcessorTransform(run.processor), data.rules), n,
                         data.ignore_index, progress=False, on_item=scores)
@@ -200,17 +200,17 @@ def mean_iou_of(matrix) -> float:
 
 def counting_passes(monkeypatch):
     """Counts the calls of evaluate_model (each a pass over the images), also the Trainer's."""
-    import segtune.evaluation
-    import segtune.trainer
+    import segtune.evaluation.scoring
+    import segtune.training.trainer
 
     calls = []
-    real = segtune.evaluation.evaluate_model
+    real = segtune.evaluation.scoring.evaluate_model
 
     def counted(*args, **kwargs):
         calls.append(len(args[1]))
         return real(*args, **kwargs)
 
-    for module in (segtune.evaluation, segtune.trainer):
+    for module in (segtune.evaluation.scoring, segtune.training.trainer):
         monkeypatch.setattr(module, "evaluate_model", counted)
     return calls
 
@@ -240,12 +240,12 @@ def test_train_writes_its_report_from_the_final_evaluation(demo_dataset, tiny_mo
 
 
 def test_a_failed_report_keeps_the_trained_model(demo_dataset, tiny_model_dir, tmp_path, caplog, monkeypatch):
-    import segtune.reporting
+    import segtune.reporting.report
 
     def broken(*args, **kwargs):
         raise RuntimeError("no fonts today")
 
-    monkeypatch.setattr(segtune.reporting, "write_report", broken)
+    monkeypatch.setattr(segtune.reporting.report, "write_report", broken)
     out = tmp_path / "run"
     args = ["train", "--data", demo_dataset, "--model", tiny_model_dir, "--output-dir", out, *TRAIN_ARGS,
             "--max_steps", "1", "--eval_steps", "1"]

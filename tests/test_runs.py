@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from segtune.cli import parse, train_options
-from segtune.training import run_training
+from segtune.cli import parse
+from segtune.commands import train_options
+from segtune.training.run import run_training
 
 RUN_ARGS = ["--reduce-labels", "--base-size", "64", "--crop-size", "48", "--max_steps", "8", "--eval_steps", "4",
             "--learning_rate", "2e-3", "--per_device_train_batch_size", "4", "--disable_tqdm", "true",
@@ -155,7 +156,7 @@ class Seen(TrainerCallback):
 
 def test_plain_recipe_trains_with_the_trainer_defaults_and_explicit_options_win(
         demo_dataset, tiny_model_dir, tmp_path):
-    from segtune.optim import _PolyFactor
+    from segtune.training.optim import _PolyFactor
 
     out = tmp_path / "plain"
     opts = options(demo_dataset, tiny_model_dir, out, "--recipe", "plain", "--cat-max-ratio", "0.5",

@@ -17,14 +17,13 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from segtune.cli import main  # noqa: E402
-from segtune.inference import Segmenter  # noqa: E402
-from segtune.serve.app import create_app  # noqa: E402
-from segtune.serve.batcher import Batcher, QueueFull  # noqa: E402
-from segtune.visualize import save_label_png  # noqa: E402
+from segtune.cli import main
+from segtune.data.drawing import save_label_png
+from segtune.inference.segmenter import Segmenter
+from segtune.serve.app import create_app
+from segtune.serve.batcher import Batcher, QueueFull
 
 from .conftest import SERVE_NAMES as NAMES  # noqa: E402
-
 
 
 def rgb(seed, width, height):

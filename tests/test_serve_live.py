@@ -18,8 +18,8 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from segtune.inference import Segmenter  # noqa: E402
-from segtune.serve.app import create_app  # noqa: E402
+from segtune.inference.segmenter import Segmenter
+from segtune.serve.app import create_app
 
 from .test_serve import NAMES, png_bytes, rgb  # noqa: E402
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segtune.checks import checked_labels
 from segtune.cli import main
-from segtune.data import PairDataset, read_image, read_mask
+from segtune.data.checks import checked_labels
+from segtune.data.labels import load_labels
+from segtune.data.pairs import PairDataset
+from segtune.data.reading import read_image, read_mask
+from segtune.data.sources import load_data
 from segtune.errors import SegtuneError
-from segtune.labels import load_labels
-from segtune.sources import load_data
 
 from .helpers import H, W, make_flat, stems, write_image, write_mask
 
@@ -37,13 +38,13 @@ def error_lines(err: str) -> list[str]:
 @pytest.fixture
 def no_model(monkeypatch):
     """`train` must refuse bad data before any model is built."""
-    import segtune.training
+    import segtune.training.run
 
     def tripwire(*args, **kwargs):
         pytest.fail("a model was built although the input is bad")
 
-    monkeypatch.setattr(segtune.training, "load_model", tripwire)
-    monkeypatch.setattr(segtune.training, "training_processor", tripwire)
+    monkeypatch.setattr(segtune.training.run, "load_model", tripwire)
+    monkeypatch.setattr(segtune.training.run, "training_processor", tripwire)
 
 
 def expected_split(names, test_size, seed):

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from .helpers import make_flat
 from segtune.cli import main
+
+from .helpers import make_flat
 
 TINY_RUN = ["--base-size", "64", "--crop-size", "48", "--max_steps", "2", "--eval_steps", "2", "--num-workers", "0",
             "--disable_tqdm", "true", "--no-report"]

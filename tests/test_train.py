@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from segtune.cli import parse, train_options
+from segtune.cli import parse
+from segtune.commands import train_options
+from segtune.data.labels import LabelSet
 from segtune.errors import SegtuneError
-from segtune.labels import LabelSet
 
 
 def options(argv):
@@ -45,7 +46,7 @@ def test_unknown_options_are_refused(tmp_path):
 
 
 def test_defaults_are_the_seeds_and_eval_follows_save(tmp_path):
-    from segtune.training import training_arguments
+    from segtune.training.arguments import training_arguments
 
     args = training_arguments(tmp_path, {})
     assert (args.learning_rate, args.per_device_train_batch_size, args.remove_unused_columns) == (6e-5, 2, False)
@@ -60,7 +61,7 @@ def test_checkpoint_reload_restores_every_weight(tiny_model_dir, tmp_path):
     """transformers 5's own reload leaves SegFormer weights untouched; segtune's must not."""
     from transformers import AutoModelForSemanticSegmentation, TrainingArguments
 
-    from segtune.training import SegmentationTrainer
+    from segtune.training.trainer import SegmentationTrainer
 
     from .conftest import tiny_segformer
 
@@ -79,7 +80,7 @@ def test_checkpoint_reload_restores_every_weight(tiny_model_dir, tmp_path):
 
 
 def test_architecture_names_build_random_segformers():
-    from segtune.model import load_model
+    from segtune.models.loading import load_model
 
     model = load_model("mit-b0", LabelSet.numbered(5))
     assert model.config.hidden_sizes == [32, 64, 160, 256] and model.config.num_labels == 5
@@ -87,8 +88,9 @@ def test_architecture_names_build_random_segformers():
 
 
 def test_plain_recipe_presets_leave_the_options_given_alone(tmp_path):
-    from segtune.training import TrainOptions, _recipe_augment
-    from segtune.transforms import AugmentConfig
+    from segtune.data.transforms import AugmentConfig
+    from segtune.training.arguments import TrainOptions
+    from segtune.training.run import _recipe_augment
 
     def augment(*argv):
         opts = options(["--data", "d", "--output-dir", str(tmp_path), "--recipe", "plain", *argv])
@@ -128,9 +130,8 @@ def test_report_to_a_missing_package_is_one_line_before_any_data_is_read(demo_da
 
 
 def test_bf16_is_the_default_on_a_gpu_that_has_it_and_the_user_can_turn_it_off(tmp_path, monkeypatch):
+    import segtune.training.precision as precision
     import torch
-
-    import segtune.precision as precision
 
     monkeypatch.setattr(precision, "gpu_training", lambda values: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -142,8 +143,8 @@ def test_bf16_is_the_default_on_a_gpu_that_has_it_and_the_user_can_turn_it_off(t
 
 
 def test_bf16_is_the_default_on_a_cpu_with_native_bf16_only(tmp_path, monkeypatch):
-    import segtune.precision as precision
-    import segtune.training as train
+    import segtune.training.arguments as train
+    import segtune.training.precision as precision
 
     monkeypatch.setattr(precision, "gpu_training", lambda values: False)
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: "AVX512-BF16")
@@ -161,7 +162,7 @@ def test_bf16_is_the_default_on_a_cpu_with_native_bf16_only(tmp_path, monkeypatc
 
 
 def test_the_cpu_bf16_probe_is_measured_once_per_machine_and_torchrun_skips_it(tmp_path, monkeypatch):
-    import segtune.precision as precision
+    import segtune.training.precision as precision
 
     assert 0 < precision.measure_bf16_speedup(reps=1) < float("inf")  # a real timing, on this CPU
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -183,7 +184,7 @@ def test_the_cpu_bf16_probe_is_measured_once_per_machine_and_torchrun_skips_it(t
 
 
 def test_report_to_takes_a_comma_separated_list_and_plain_refuses_a_head_multiple(tmp_path):
-    from segtune.training import training_arguments
+    from segtune.training.arguments import training_arguments
 
     opts = options(["--data", "d", "--output-dir", str(tmp_path), "--report_to", "none,none"])
     assert opts.training["report_to"] == ["none", "none"]

@@ -8,17 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from segtune.transforms import (
-    AugmentConfig,
-    Normalize,
-    Pad,
-    PhotometricDistortion,
-    RandomCrop,
-    RandomHorizontalFlip,
-    RandomResize,
-    largest_class_share,
-    train_transform,
-)
+from segtune.data.transforms import (AugmentConfig, Normalize, Pad, PhotometricDistortion, RandomCrop,
+                                     RandomHorizontalFlip, RandomResize, largest_class_share, train_transform)
 
 IGNORE = 255
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -234,8 +225,8 @@ def test_a_pipeline_draws_only_from_the_generator_it_is_given():
 def test_train_dataset_items_have_their_own_generator(demo_dataset):
     """Item k's augmentation comes from (seed, epoch, image) alone: the global `random` neither moves it
     nor is moved by it, and the next epoch's copy of an image is augmented anew."""
-    from segtune.sources import load_data
-    from segtune.trainer import TrainDataset
+    from segtune.data.sources import load_data
+    from segtune.training.trainer import TrainDataset
 
     data = load_data(demo_dataset)
     dataset = TrainDataset(data.train, train_transform(AugmentConfig(base_size=64, crop_size=48), MEAN, STD, IGNORE),

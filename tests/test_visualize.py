@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segtune.data.drawing import colorize, colorize_and_overlay, overlay, save_label_png
+from segtune.data.labels import LabelSet, ade20k_labels
 from segtune.errors import SegtuneError
-from segtune.labels import LabelSet, ade20k_labels
-from segtune.visualize import colorize, colorize_and_overlay, comparison_figure, overlay, save_label_png
+from segtune.reporting.charts import comparison_figure
 
 PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
 

@@ -66,7 +66,7 @@ def check_options(opts) -> None:
 
 def load_segmenter(opts):
     """The Segmenter `segtune predict` would build for these options, batching up to --max-batch-size."""
-    from ..inference import Segmenter
+    from ..inference.segmenter import Segmenter
 
     return Segmenter.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype, runtime=opts.runtime,
                                      threads=opts.threads, streams=opts.streams or 1,  # latency first

@@ -29,7 +29,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ..inference import MODES, Segmenter
+from ..inference.segmenter import MODES, Segmenter
 from .batcher import Batcher, Closed, QueueFull
 from .uploads import UploadError, decode_image, multipart_field, read_body, refused_type
 
@@ -45,7 +45,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 def label_png(label_map: np.ndarray, segmenter: Segmenter) -> bytes:
     """The label map as `segtune predict` writes it (visualize.save_label_png), in memory."""
-    from ..visualize import save_label_png
+    from ..data.drawing import save_label_png
 
     buffer = io.BytesIO()
     buffer.name = "label.png"  # Pillow picks the format from the name

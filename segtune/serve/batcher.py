@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..inference import DEFAULT_SCALES, Segmenter
+from ..inference.segmenter import DEFAULT_SCALES, Segmenter
 
 log = logging.getLogger("segtune.serve")
 

@@ -14,7 +14,7 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
-from ..data import BOMB_ERRORS, bombs_refused, to_rgb
+from ..data.reading import BOMB_ERRORS, bombs_refused, to_rgb
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")  # raster formats Pillow reads itself
 NOT_IMAGES = {  # first bytes (lower-cased, after white space) -> what was sent instead
