@@ -179,13 +179,27 @@ def cmd_train(given: dict) -> None:
 def cmd_evaluate(given: dict) -> None:
     from . import api
 
-    api.evaluate(**given)
+    result = api.evaluate(**given)
+    failed = result.metrics.get("failed")
+    if failed:  # the rest was scored and written; the exit status still tells scripts
+        raise _failures(failed, result.metrics["num_images"], "predictions could not be scored",
+                        Path(result.output_dir) / "metrics.json")
 
 
 def cmd_predict(given: dict) -> None:
     from . import api
 
-    api.predict(given["inputs"], **_rest(given, "inputs"))
+    result = api.predict(given["inputs"], **_rest(given, "inputs"))
+    if result.failed:  # every other image was written; the exit status still tells scripts
+        raise _failures(result.failed, len(result), "images could not be segmented",
+                        Path(result.output_dir) / "predict.json")
+
+
+def _failures(failed: list[dict], total: int, what: str, listing: Path) -> SegtuneError:
+    """The closing line of a run that went on past bad files: the first one's problem, how many, where listed."""
+    more = f" (and {len(failed) - 1:,} more)" if len(failed) > 1 else ""
+    return SegtuneError(f"{failed[0]['error']}{more}: {len(failed):,} of {total:,} {what}; the others were "
+                        f"written; all are listed in {listing}")
 
 
 def cmd_report(given: dict) -> None:

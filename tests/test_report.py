@@ -200,6 +200,7 @@ def mean_iou_of(matrix) -> float:
 
 def counting_passes(monkeypatch):
     """Counts the calls of evaluate_model (each a pass over the images), also the Trainer's."""
+    import segtune.evaluation.run
     import segtune.evaluation.scoring
     import segtune.training.trainer
 
@@ -210,7 +211,7 @@ def counting_passes(monkeypatch):
         calls.append(len(args[1]))
         return real(*args, **kwargs)
 
-    for module in (segtune.evaluation.scoring, segtune.training.trainer):
+    for module in (segtune.evaluation.scoring, segtune.evaluation.run, segtune.training.trainer):
         monkeypatch.setattr(module, "evaluate_model", counted)
     return calls
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segtune.data.drawing import colorize, colorize_and_overlay, overlay, save_label_png
+import segtune.data.drawing as drawing
+from segtune.data.drawing import colorize, colorize_and_overlay, drawn_image, overlay, save_label_png
 from segtune.data.labels import LabelSet, ade20k_labels
 from segtune.errors import SegtuneError
 from segtune.reporting.charts import comparison_figure
@@ -55,6 +56,21 @@ def test_overlay_and_colorize_equal_the_per_pixel_formula(alpha):
     assert np.array_equal(overlay(image, label_map, PALETTE, alpha=alpha), expected)
     both = colorize_and_overlay(image, label_map, PALETTE, alpha=alpha)
     assert np.array_equal(both[0], colours) and np.array_equal(both[1], expected)
+
+
+@pytest.mark.parametrize("block", [1, 79, 81, 1 << 20])  # less than a row, a row, odd rows, the whole image
+def test_drawing_in_blocks_of_rows_gives_the_same_pixels(block, monkeypatch):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (37, 80, 3), dtype=np.uint8)
+    label_map = rng.integers(-1, 5, (37, 80))
+    whole = (colorize(label_map, PALETTE), overlay(image, label_map, PALETTE, alpha=0.4))
+    monkeypatch.setattr(drawing, "BLOCK_PIXELS", block)
+    assert np.array_equal(np.asarray(drawn_image(label_map, PALETTE)), whole[0])
+    for picture in (image, Image.fromarray(image)):  # an array, or a PIL image read a block at a time
+        assert np.array_equal(np.asarray(drawn_image(label_map, PALETTE, picture, alpha=0.4)), whole[1])
+    assert np.array_equal(colorize_and_overlay(image, label_map, PALETTE, alpha=0.4)[1], whole[1])
+    with pytest.raises(SegtuneError, match="label map"):
+        drawn_image(label_map[:-1], PALETTE, image)
 
 
 def test_overlay_accepts_pil_and_checks_size():

@@ -66,7 +66,7 @@ def run_evaluation(opts) -> Evaluation:
     from .metrics import metrics_to_json
 
     labels = load_labels(opts.labels) if opts.labels else None
-    segmenter = None
+    segmenter, failed = None, []
     if opts.model:
         from ..inference.segmenter import Segmenter
 
@@ -82,8 +82,9 @@ def run_evaluation(opts) -> Evaluation:
         model = segmenter.model if segmenter.model is not None else segmenter.runner  # torch, or an exported model
         cm = evaluate_model(model, dataset, len(labels), data.ignore_index, opts.batch_size,
                             opts.num_workers, on_item=scores)
-    else:
-        cm = evaluate_predictions(samples, Path(opts.predictions), len(labels), data.rules, on_item=scores)
+    else:  # a prediction missing or broken is said and left out; the others are scored (and the command fails)
+        cm = evaluate_predictions(samples, Path(opts.predictions), len(labels), data.rules, on_item=scores,
+                                  failed=failed)
     metrics = cm.compute()
     print(format_table(metrics, labels.names))
     out_dir = Path(opts.output_dir)
@@ -91,7 +92,10 @@ def run_evaluation(opts) -> Evaluation:
     out = metrics_to_json(metrics, labels.names)
     out.update(num_images=len(samples), data=str(opts.data), source=str(opts.model or opts.predictions),
                split=selection.note, **({"split_warning": selection.warning} if selection.warning else {}),
-               data_findings=[finding.to_json() for finding in data.findings])
+               data_findings=[finding.to_json() for finding in data.findings],
+               **({"failed": failed, "num_scored": len(samples) - len(failed)} if failed else {}))
     (out_dir / "metrics.json").write_text(json.dumps(out, indent=2))
-    print(f"metrics written to {out_dir / 'metrics.json'}")
+    print(f"metrics written to {out_dir / 'metrics.json'}" +
+          (f" ({len(samples) - len(failed):,} images scored, {len(failed):,} could not be: listed there)"
+           if failed else ""))
     return Evaluation(out, out_dir, cm, scores, samples, data.rules, labels)

@@ -122,28 +122,40 @@ def _evaluate_runner(runner, dataset, num_classes, ignore_index, batch_size, num
 
 
 def evaluate_predictions(samples: list, predictions_dir: Path, num_classes: int, rules: MaskRules,
-                         on_item=None) -> ConfusionMatrix:
+                         on_item=None, failed: list | None = None) -> ConfusionMatrix:
     """Scores label PNGs named like the images (`<stem>.png`, as `segtune predict` writes them);
-    `on_item` as in `evaluate_model`, with the sample's position in `samples` as index."""
+    `on_item` as in `evaluate_model`, with the sample's position in `samples` as index. A prediction
+    missing, unreadable or of another size raises SegtuneError; with a `failed` list, it is said in one
+    line, appended there ({"image", "error"}) and left out, and the others are scored."""
+    import logging
+
     from tqdm.auto import tqdm
 
     cm = ConfusionMatrix(num_classes, rules.ignore_index)
     for index, s in enumerate(tqdm(samples, desc="scoring", leave=False)):
-        pred_path = predictions_dir / (s.stem + ".png")
-        if not pred_path.is_file():
-            raise SegtuneError(f"{pred_path}: prediction missing for {s.mask_name}")
-        pred = read_mask(pred_path)
-        label = s.read_mask(rules)
-        if pred.shape != label.shape:
-            raise SegtuneError(
-                f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} "
-                f"but {s.mask_name} is {label.shape[1]}x{label.shape[0]}"
-            )
-        label, pred = torch.from_numpy(label), torch.from_numpy(pred)
+        try:
+            label, pred = _prediction_pair(s, predictions_dir / (s.stem + ".png"), rules)
+        except SegtuneError as error:
+            if failed is None:
+                raise
+            logging.getLogger("segtune").warning("segtune: warning: %s (left out; the others are scored)", error)
+            failed.append({"image": s.name, "error": str(error)})
+            continue
         cm.update(label, pred)
         if on_item is not None:
             on_item(index, label, pred)
     return cm
+
+
+def _prediction_pair(sample, pred_path: Path, rules: MaskRules):
+    if not pred_path.is_file():
+        raise SegtuneError(f"{pred_path}: prediction missing for {sample.mask_name}")
+    pred = read_mask(pred_path)
+    label = sample.read_mask(rules)
+    if pred.shape != label.shape:
+        raise SegtuneError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} "
+                           f"but {sample.mask_name} is {label.shape[1]}x{label.shape[0]}")
+    return torch.from_numpy(label), torch.from_numpy(pred)
 
 
 def format_table(metrics: dict, class_names) -> str:

@@ -14,6 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import strips
+from .strips import columns_of, strip_plan, upsample
+
 # Pruning pays from this many classes on: below, finding the candidates costs about what leaving
 # some out saves (11 classes at 480x360 on 2 CPU cores: 3.2 ms instead of 4.1 when 3 to 8 classes
 # can win, 4.2 instead of 3.2 when all can; at 24 classes already 2.4 instead of 11.9 ms).
@@ -103,24 +106,39 @@ def prunes_classes(batch: torch.Tensor, size) -> bool:
     return batch.device.type == "cpu" and batch.shape[1] >= PRUNE_MIN_CLASSES and size[0] * size[1] >= PRUNE_MIN_PIXELS
 
 
-def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """([B,] C, h, w) logits -> ([B,] H, W) class ids, as `post_process_semantic_segmentation` does.
+def label_dtype(num_classes: int) -> torch.dtype:
+    """The smallest dtype that holds the ids of `num_classes` classes: a 48 MP label map takes 48 MB in
+    uint8 instead of 384 MB in int64."""
+    return torch.uint8 if num_classes <= 256 else torch.int16 if num_classes <= 32768 else torch.int32
+
+
+def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """([B,] C, h, w) logits -> ([B,] H, W) class ids, as `post_process_semantic_segmentation` does
+    (in `dtype`: int64 as transformers gives them, or a smaller one from `label_dtype`).
 
     On CPU, with many classes, only those that can win somewhere (candidate_classes) are
-    upsampled: the same ids, without upsampling a hundred planes that lose everywhere."""
+    upsampled: the same ids, without upsampling a hundred planes that lose everywhere. A large
+    image is upsampled a strip of rows at a time (strips.py): the same ids, in bounded memory."""
     batch = (logits if logits.dim() == 4 else logits[None]).float()
     pruned = [candidate_classes(item) for item in batch] if prunes_classes(batch, size) else [None] * len(batch)
-    if all(c is None for c in pruned):
-        classes = class_argmax(F.interpolate(batch, size=size, mode="bilinear", align_corners=False))
+    if all(c is None for c in pruned) and 4 * batch.shape[0] * batch.shape[1] * size[0] * size[1] <= strips.STRIP_BYTES:
+        # small enough for one call over the whole batch
+        classes = class_argmax(F.interpolate(batch, size=size, mode="bilinear", align_corners=False)).to(dtype)
     else:
-        classes = torch.stack([_pruned_argmax(item, size, c) for item, c in zip(batch, pruned)])
+        classes = torch.stack([_argmax(item, size, c, dtype) for item, c in zip(batch, pruned)])
     return classes if logits.dim() == 4 else classes[0]
 
 
-def _pruned_argmax(logits: torch.Tensor, size, candidates: torch.Tensor | None) -> torch.Tensor:
-    if candidates is None:
-        candidates = torch.arange(len(logits))
-    if len(candidates) == 1:  # one class wins everywhere
-        return torch.full(tuple(size), int(candidates[0]), dtype=torch.int64)
-    scores = F.interpolate(logits[candidates][None], size=size, mode="bilinear", align_corners=False)
-    return class_argmax(scores[0], candidates)
+def _argmax(logits: torch.Tensor, size, candidates: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """(C, h, w) logits -> (H, W) ids of the largest of the `candidates` classes (None: all)."""
+    if candidates is not None and len(candidates) == 1:  # one class wins everywhere
+        return torch.full(tuple(size), int(candidates[0]), dtype=dtype, device=logits.device)
+    planes = logits if candidates is None else logits[candidates]
+    plan = strip_plan([planes.shape], size, planes.device.type)
+    if len(plan) == 1:
+        return class_argmax(upsample(planes, size, 0, size[0]), candidates).to(dtype)
+    out = torch.empty(tuple(size), dtype=dtype, device=logits.device)
+    columns = columns_of(planes, size[1])
+    for lo, hi in plan:
+        out[lo:hi] = class_argmax(upsample(planes, size, lo, hi, columns), candidates)
+    return out

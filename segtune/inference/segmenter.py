@@ -46,6 +46,7 @@ from ..models import architectures
 from ..models.loading import load_processor
 from .geometry import _fixed_size, _shortest_edge, slide_windows, training_scale
 from .postprocess import class_argmax, upsampled_argmax
+from .strips import columns_of, strip_plan, upsample
 from .preprocess import FastPreprocess
 from .runners import TorchRunner, resolve_device, resolve_dtype
 
@@ -232,12 +233,13 @@ class Segmenter:
         """(H, W) int64 class ids for one image."""
         return self.predict([image])[0]
 
-    def predict(self, images: Iterable, *, probabilities: bool = False) -> list:
-        """Class ids for each image, in order; with `probabilities`, (label map, (C, H, W) float32) pairs."""
+    def predict(self, images: Iterable, *, probabilities: bool = False, dtype: torch.dtype = torch.int64) -> list:
+        """Class ids for each image, in order, in `dtype` (`postprocess.label_dtype(classes)`: the smallest);
+        with `probabilities`, (label map, (C, H, W) float32) pairs."""
         results = {}
         items = prefetch(lambda pair: self.prepare(pair[1], key=pair[0]), enumerate(images),
                          self.num_workers, depth=2 * self.batch_size + self.num_workers)
-        for item, label_map, probs in self.run(items, probabilities=probabilities):
+        for item, label_map, probs in self.run(items, probabilities=probabilities, dtype=dtype):
             results[item.key] = (label_map, probs) if probabilities else label_map
         return [results[i] for i in range(len(results))]
 
@@ -301,8 +303,8 @@ class Segmenter:
         return torch.as_tensor(output).to(self.device).float()
 
     @torch.inference_mode()
-    def run(self, items: Iterable[_Item], *, probabilities: bool = False) -> Iterator:
-        """(item, (H, W) int64 label map, (C, H, W) float32 probabilities or None) per item, in
+    def run(self, items: Iterable[_Item], *, probabilities: bool = False, dtype: torch.dtype = torch.int64) -> Iterator:
+        """(item, (H, W) label map in `dtype`, (C, H, W) float32 probabilities or None) per item, in
         completion order: batchable items wait for a full batch of their shape. A runner with several
         streams (OpenVINO's) gets that many batches at once; each is finished while the next ones run."""
         pending: dict[tuple, list] = {}
@@ -312,11 +314,11 @@ class Segmenter:
         def start(group):
             running.append((group, self._start(torch.stack([item.inputs[0][1] for item in group]))))
             while len(running) >= depth:  # with one stream: finished at once
-                yield from self._finish(*running.popleft(), probabilities)
+                yield from self._finish(*running.popleft(), probabilities, dtype)
 
         for item in items:
             if not item.batchable:
-                yield item, *self._one(item, probabilities)
+                yield item, *self._one(item, probabilities, dtype)
                 continue
             shape = tuple(item.inputs[0][1].shape)
             pending.setdefault(shape, []).append(item)
@@ -327,36 +329,52 @@ class Segmenter:
         for group in pending.values():
             yield from start(group)
         while running:
-            yield from self._finish(*running.popleft(), probabilities)
+            yield from self._finish(*running.popleft(), probabilities, dtype)
 
     def _start(self, pixel_values: torch.Tensor):
         """A started forward pass: `.result()` gives its output (a runner's own `submit`, else computed now)."""
         submit = getattr(self.runner, "submit", None)
         return submit(pixel_values) if submit is not None else _Done(self.runner(pixel_values))
 
-    def _finish(self, items: list[_Item], started, probabilities: bool):
+    def _finish(self, items: list[_Item], started, probabilities: bool, dtype: torch.dtype):
         """Whole mode, one shape: the batch's logits, then each image's upsampling and argmax."""
         logits = self._as_logits(started.result())
         for item, item_logits in zip(items, logits):
             if probabilities:
-                scores = F.interpolate(item_logits[None], size=item.size, mode="bilinear", align_corners=False)[0]
-                yield item, class_argmax(scores).cpu().numpy(), scores.softmax(0).cpu().numpy()
+                yield item, *self._label_map([item_logits], item.size, probabilities, False, dtype)
             else:
-                yield item, upsampled_argmax(item_logits, item.size).cpu().numpy(), None
+                yield item, upsampled_argmax(item_logits, item.size, dtype).cpu().numpy(), None
 
-    def _one(self, item: _Item, probabilities: bool):
+    def _one(self, item: _Item, probabilities: bool, dtype: torch.dtype):
         """Slide mode and/or TTA: scores at the image size, softmax-averaged over augmentations."""
         flips = (False, True) if self.tta and self.flip else (False,)
-        total, count = None, 0
-        for _, pixel_values in item.inputs:
-            for logits in self._augmented_logits(pixel_values, flips, item.mode):
-                scores = F.interpolate(logits[None], size=item.size, mode="bilinear", align_corners=False)[0]
-                if not self.tta:
-                    return class_argmax(scores).cpu().numpy(), scores.softmax(0).cpu().numpy() if probabilities else None
+        logits = [augmented for _, pixel_values in item.inputs
+                  for augmented in self._augmented_logits(pixel_values, flips, item.mode)]
+        return self._label_map(logits if self.tta else logits[:1], item.size, probabilities, self.tta, dtype)
+
+    def _label_map(self, logits: list[torch.Tensor], size, probabilities: bool, average: bool, dtype: torch.dtype):
+        """(H, W) class ids in `dtype` (and (C, H, W) float32 probabilities) of (C, h, w) logits upsampled to
+        `size`; `average`: of the softmax averaged over the logits of each augmentation (TTA). Computed a
+        strip of rows at a time (strips.py), so the memory holds the logits and one strip of scores, not
+        classes x pixels; each strip's scores are exactly the whole image's (their softmax may differ in
+        the last bit, as torch's own softmax does between thread counts)."""
+        plan = strip_plan([x.shape for x in logits], size, self.device.type)
+        columns = [columns_of(x, size[1]) if len(plan) > 1 else None for x in logits]
+        label_map = torch.empty(tuple(size), dtype=dtype)
+        probs = np.empty((logits[0].shape[0], *size), dtype=np.float32) if probabilities else None
+        for lo, hi in plan:
+            total = None
+            for x, cols in zip(logits, columns):
+                scores = upsample(x, size, lo, hi, cols)
+                if not average:
+                    break
                 total = scores.softmax(0) if total is None else total.add_(scores.softmax(0))
-                count += 1
-        probs = total / count
-        return class_argmax(probs).cpu().numpy(), probs.cpu().numpy() if probabilities else None
+            if average:
+                scores = total / len(logits)
+            label_map[lo:hi] = class_argmax(scores).cpu()
+            if probabilities:
+                probs[:, lo:hi] = (scores if average else scores.softmax(0)).cpu().numpy()
+        return label_map.numpy(), probs
 
     def _augmented_logits(self, pixel_values: torch.Tensor, flips, mode: str):
         """Logits (C, h, w) of the input and of its mirror image, each mirrored back."""

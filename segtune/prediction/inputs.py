@@ -112,7 +112,7 @@ def match_ground_truth(entries: list[InputImage], pairs: list, source) -> dict:
     return matched
 
 
-def _mask_rules(rules, gt_rules: MaskRules | None, labels: LabelSet) -> MaskRules:
+def mask_rules(rules, gt_rules: MaskRules | None, labels: LabelSet) -> MaskRules:
     """`rules` itself when a MaskRules; else the ground truth's own rules (for colour masks without
     colours of their own, the model's class colours) with the fields of a dict `rules` replacing them."""
     if isinstance(rules, MaskRules):

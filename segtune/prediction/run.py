@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ import torch
 from ..data.labels import LabelSet, load_labels
 from ..data.reading import MaskRules
 from ..errors import SegtuneError
+from ..inference.postprocess import label_dtype
 from ..inference.segmenter import Segmenter, prefetch
-from .inputs import InputImage, _mask_rules, collect_images, ground_truth_masks, match_ground_truth
+from .inputs import InputImage, mask_rules, collect_images, ground_truth_masks, match_ground_truth
 from .ranks import (Processes, fold_rank_files, process_rank, rank_file, read_records, record_key, take_rank_records,
                     use_local_gpu)
 
@@ -59,6 +61,41 @@ def _output_paths(output_dir: Path, name: str, show_gt: bool, save_probs: bool) 
     return paths
 
 
+@dataclass
+class Unreadable:
+    """An image `Segmenter.prepare` could not read, and why (one line naming the file)."""
+
+    entry: InputImage
+    error: SegtuneError
+
+
+def prepare_or_fail(segmenter: Segmenter, entry: InputImage):
+    try:
+        return segmenter.prepare(entry.path, key=entry)
+    except SegtuneError as error:
+        return Unreadable(entry, error)
+
+
+def failed_record(entry: InputImage, paths: dict, error: SegtuneError, bar) -> dict:
+    """The predictions.jsonl line of an image that failed, said at once in one line; a later run tries it again
+    (its outputs are not all there)."""
+    bar.write(f"segtune: warning: {error} (skipped; the other images go on)")
+    return {"image": str(entry.path), "label_map": str(paths["label_map"]), "error": str(error)}
+
+
+def class_counts(label_map: np.ndarray, block: int = 1 << 22) -> np.ndarray:
+    """Pixels per class id (argmax indices, never negative): np.bincount, 5x np.unique's speed, a block
+    of pixels at a time (it widens the ids to int64 first: 384 MB for a whole 48 MP map)."""
+    flat = label_map.ravel()
+    counts = np.zeros(0, dtype=np.int64)
+    for start in range(0, flat.size, block):
+        part = np.bincount(flat[start:start + block])
+        if len(part) > len(counts):
+            counts = np.pad(counts, (0, len(part) - len(counts)))
+        counts[: len(part)] += part
+    return counts
+
+
 def save_probabilities(probs: np.ndarray, path: Path, class_names) -> None:
     """(C, H, W) probabilities as uint8 round(p * 255) in a compressed .npz (`probs`, `classes`)."""
     quantised = np.rint(np.clip(probs, 0.0, 1.0) * PROBS_SCALE).astype(np.uint8)
@@ -73,18 +110,17 @@ def load_probabilities(path) -> np.ndarray:
 
 def _write_outputs(entry: InputImage, image, label_map, probs, paths, labels: LabelSet, alpha: float, mode: str,
                    gt_pair, rules: MaskRules) -> dict:
-    from PIL import Image
 
-    from ..data.drawing import colorize_and_overlay, save_label_png
+    from ..data.drawing import drawn_image, save_label_png
     from ..reporting.charts import comparison_figure
 
     for path in paths.values():
         path.parent.mkdir(parents=True, exist_ok=True)
     save_label_png(label_map, paths["label_map"], labels.colors)
-    colours, overlaid = colorize_and_overlay(image, label_map, labels.colors, alpha=alpha)
-    Image.fromarray(colours).save(paths["color"])
-    Image.fromarray(overlaid).save(paths["overlay"], quality=90)
-    counts = np.bincount(label_map.ravel())  # class ids (argmax indices, never negative): 5x np.unique's speed
+    # one picture at a time, each drawn in blocks of rows: a 48 MP photo's outputs stay near its own size
+    drawn_image(label_map, labels.colors).save(paths["color"])
+    drawn_image(label_map, labels.colors, image, alpha=alpha).save(paths["overlay"], quality=90)
+    counts = class_counts(label_map)
     ids = np.flatnonzero(counts)
     counts = counts[ids]
     record = {
@@ -158,7 +194,7 @@ def predict_images(
     if show_gt is not None and mine:
         pairs, gt_rules = ground_truth_masks(Path(show_gt))
         gt_pairs = match_ground_truth(entries, pairs, show_gt)  # all of them: a skipped image may share a mask
-    rules = _mask_rules(rules, gt_rules, segmenter.labels)
+    rules = mask_rules(rules, gt_rules, segmenter.labels)
 
     records = {e.name: old[record_key(paths[e.name]["label_map"])] for e in entries if e.name in done}
     workers = max(1, segmenter.num_workers)
@@ -173,16 +209,34 @@ def predict_images(
     with open(rank_file(output_dir, group.rank) if several else jsonl, "w" if overwrite else "a") as log, \
             ThreadPoolExecutor(workers, thread_name_prefix="segtune-write") as writer, _torch_threads_for(segmenter):
 
-        def finish_oldest():
-            name, future = writes.popleft()
-            records[name] = future.result()
-            log.write(json.dumps(records[name]) + "\n")
+        def logged(name: str, record: dict) -> None:
+            records[name] = record
+            log.write(json.dumps(record) + "\n")
             log.flush()
             bar.update(1)
 
-        items = prefetch(lambda e: segmenter.prepare(e.path, key=e), mine, segmenter.num_workers,
+        def finish_oldest():
+            name, future = writes.popleft()
+            try:
+                logged(name, future.result())
+            except SegtuneError as error:  # its ground truth, say: that image fails, the others go on
+                logged(name, failed_record(by_name[name], paths[name], error, bar))
+
+        def readable(prepared):
+            """The images that could be read; each one that could not gets its line and record, and the run
+            goes on (a folder of 10,000 photos is not lost to one broken file)."""
+            for item in prepared:
+                if isinstance(item, Unreadable):
+                    logged(item.entry.name, failed_record(item.entry, paths[item.entry.name], item.error, bar))
+                else:
+                    yield item
+
+        by_name = {e.name: e for e in mine}
+        items = prefetch(lambda e: prepare_or_fail(segmenter, e), mine, segmenter.num_workers,
                          depth=2 * segmenter.batch_size + segmenter.num_workers)
-        for item, label_map, probs in segmenter.run(items, probabilities=save_probs):
+        # label maps in uint8 (up to 256 classes): a 48 MP photo's takes 48 MB, not 384
+        dtype = label_dtype(len(segmenter.labels))
+        for item, label_map, probs in segmenter.run(readable(items), probabilities=save_probs, dtype=dtype):
             e = item.key
             writes.append((e.name, writer.submit(_write_outputs, e, item.image, label_map, probs, paths[e.name],
                                                  segmenter.labels, alpha, item.mode, gt_pairs.get(e.name), rules)))
@@ -225,8 +279,12 @@ def _torch_threads_for(segmenter: Segmenter):
         torch.set_num_threads(before)
 
 
-def _summary(segmenter: Segmenter, records: list[dict], segmented: int, seconds: float, show_gt) -> dict:
-    """predict.json: what ran, how fast, and the class pixel shares over all the images."""
+def _summary(segmenter: Segmenter, records: list[dict], todo: int, seconds: float, show_gt) -> dict:
+    """predict.json: what ran, how fast, the class pixel shares over all the images, and the images
+    that failed (`todo`: how many this run tried)."""
+    failed = [{"image": r["image"], "error": r["error"]} for r in records if "error" in r]
+    records = [r for r in records if "error" not in r]
+    segmented = todo - len(failed)
     pixels: dict[str, float] = {}
     for r in records:
         size = r["size"][0] * r["size"][1]
@@ -235,7 +293,8 @@ def _summary(segmenter: Segmenter, records: list[dict], segmented: int, seconds:
     total = sum(pixels.values()) or 1.0
     order = {name: i for i, name in enumerate(segmenter.labels.names)}
     summary = {
-        "images": len(records), "segmented": segmented, "skipped": len(records) - segmented,
+        "images": len(records) + len(failed), "segmented": segmented, "skipped": len(records) - segmented,
+        "failed": failed,
         "model": getattr(segmenter.model, "name_or_path", None) or str(getattr(segmenter.runner, "path", "")) or None,
         "runtime": getattr(segmenter.runner, "runtime", "torch"), "mode": segmenter.mode,
         "modes_used": dict(Counter(r["mode"] for r in records)), "tta": segmenter.tta,
@@ -277,6 +336,8 @@ def run_prediction(opts, inputs: list[str]) -> list[dict]:
     records = predict_images(segmenter, images, output_dir, alpha=opts.alpha, show_gt=opts.show_gt, rules=rules,
                              save_probs=opts.save_probs, overwrite=opts.overwrite)
     if process_rank()[0] == 0:
-        print(f"{len(records)} images segmented into {output_dir} (predictions.jsonl lists them, "
-              "predict.json sums them up)")
+        failed = sum("error" in r for r in records)
+        print(f"{len(records) - failed:,} images segmented into {output_dir}" +
+              (f", {failed:,} could not be read: see predict.json" if failed else
+               " (predictions.jsonl lists them, predict.json sums them up)"))
     return records

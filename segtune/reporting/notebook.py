@@ -156,10 +156,16 @@ class InspectReport:
 
 @dataclass
 class PredictResult:
-    """What `predict` wrote: one record per image (as predictions.jsonl lists them), `output_dir`."""
+    """What `predict` wrote: one record per image (as predictions.jsonl lists them; an image that could not
+    be read has an `error` instead of outputs: `.failed`), `output_dir`."""
 
     records: list
     output_dir: Path
+
+    @property
+    def failed(self) -> list:
+        """The records of the images that could not be segmented (each with its `error` line)."""
+        return [r for r in self.records if "error" in r]
 
     def __len__(self) -> int:
         return len(self.records)

@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..inference.postprocess import label_dtype
 from ..inference.segmenter import DEFAULT_SCALES, Segmenter
 
 log = logging.getLogger("segtune.serve")
@@ -152,12 +153,16 @@ class Batcher:
 
     def _run(self, key: tuple, jobs: list[_Job]) -> None:
         start = time.perf_counter()
-        try:
-            label_maps = self.variant(*key).predict([job.image for job in jobs])
-        except Exception as e:  # a model failure answers these requests (500), the worker goes on
-            log.exception("model call failed for %d image(s)", len(jobs))
-            for job in jobs:
-                _answer(job, None, e)
+        segmenter = self.variant(*key)
+        try:  # label maps in uint8 up to 256 classes: 1 byte a pixel while the answer is encoded
+            label_maps = segmenter.predict([job.image for job in jobs], dtype=label_dtype(len(segmenter.labels)))
+        except Exception as e:
+            if len(jobs) > 1:  # one at a time: only the image that fails gets the error, the others their maps
+                for job in jobs:
+                    self._run(key, [job])
+                return
+            log.exception("model call failed for an image")  # answered 500; the worker goes on
+            _answer(jobs[0], None, e)
             return
         if self.on_batch is not None:
             self.on_batch(len(jobs), time.perf_counter() - start)
