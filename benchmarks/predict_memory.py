@@ -125,9 +125,28 @@ def main(argv=None) -> int:
     table = markdown_table(predict_rows) + ("\n\n" + markdown_table(serve_rows) if serve_rows else "")
     print(table)
     save_result("predict_memory", {"command": command(), "machine": info, "before": args.before, "rows": rows,
-                                   "table_md": table, "wall_s": round(time.perf_counter() - started, 1)},
-                write=not args.no_write)
+                                   "summary": summary(predict_rows), "table_md": table,
+                                   "wall_s": round(time.perf_counter() - started, 1)}, write=not args.no_write)
     return 0
+
+
+TARGET_MIB = 1536  # issue 29: at most 1.5 GiB for a 48 MP photo with 150 classes, on this 2-core machine
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Rows for benchmarks/results/summary.md: peak memory and time of each size, after against before."""
+    out = []
+    for r in rows:
+        where = f"{r['classes']} classes, {r['megapixels']:g} MP; {r['equal_pixels']}/{r['pixels']} pixels equal"
+        target = r["classes"] == 150 and r["megapixels"] == 48
+        out.append({"what": f"predict peak RSS MiB, {where}", "segtune": r["after_peak_mib"],
+                    "baseline": r["before_peak_mib"], "ratio": r["before_peak_mib"] / r["after_peak_mib"],
+                    "target": f"<= {TARGET_MIB} MiB" if target else "",
+                    "met": r["after_peak_mib"] <= TARGET_MIB if target else None})
+        out.append({"what": f"predict seconds, {where}", "segtune": r["after_s"], "baseline": r["before_s"],
+                    "ratio": r["before_s"] / r["after_s"], "target": "no slower" if r["megapixels"] >= 12 else "",
+                    "met": None})
+    return out
 
 
 def measure(args, tmp: Path, checkouts: dict) -> list[dict]:
