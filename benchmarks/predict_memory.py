@@ -35,7 +35,7 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])  # the checkout whose segtune runs
 from segtune.cli import main
 start = time.perf_counter()
-code = main(["predict", sys.argv[2], "--model", sys.argv[3], "--output-dir", sys.argv[4], "--overwrite"])
+code = main(["predict", sys.argv[2], "--model", sys.argv[3], "--output-dir", sys.argv[4], "--overwrite", *sys.argv[5:]])
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 print(json.dumps({"code": code, "seconds": seconds, "peak_rss_mib": peak}))
@@ -90,8 +90,8 @@ def make_photo(path: Path, size: tuple[int, int]) -> Path:
     return path
 
 
-def run_side(checkout: Path, photo: Path, model: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(checkout), str(photo), str(model), str(out)],
+def run_side(checkout: Path, photo: Path, model: Path, out: Path, *extra: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(checkout), str(photo), str(model), str(out), *extra],
                           capture_output=True, text=True, cwd=checkout, timeout=1800)
     if done.returncode != 0:
         raise SystemExit(f"{checkout} on {photo.name}: {done.stderr[-2000:]}")
@@ -103,8 +103,9 @@ def main(argv=None) -> int:
     parser.add_argument("--before", default=BEFORE, help="the commit to compare with (default: before issue 29)")
     parser.add_argument("--sizes", type=float, nargs="+", default=sorted(SIZES), choices=sorted(SIZES))
     parser.add_argument("--classes", type=int, nargs="+", default=[11, 150])
-    parser.add_argument("--serve", type=float, nargs="*", default=[12, 48], choices=sorted(SIZES),
-                        help="also one `segtune serve` request per size (150 classes, png and overlay answers)")
+    # 48 MP before issue 29 takes 22 GB per request: more than a 24 GB machine can spare beside the rest
+    parser.add_argument("--serve", type=float, nargs="*", default=[12], choices=sorted(SIZES),
+                        help="also one `segtune serve` request per size (the most classes, png and overlay answers)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -137,8 +138,9 @@ def summary(rows: list[dict]) -> list[dict]:
     """Rows for benchmarks/results/summary.md: peak memory and time of each size, after against before."""
     out = []
     for r in rows:
-        where = f"{r['classes']} classes, {r['megapixels']:g} MP; {r['equal_pixels']}/{r['pixels']} pixels equal"
-        target = r["classes"] == 150 and r["megapixels"] == 48
+        head = "" if r["fold_head"] == "auto" else ", --fold-head false"
+        where = f"{r['classes']} classes, {r['megapixels']:g} MP{head}; {r['equal_pixels']}/{r['pixels']} pixels equal"
+        target = r["classes"] == 150 and r["megapixels"] == 48 and r["fold_head"] == "auto"
         out.append({"what": f"predict peak RSS MiB, {where}", "segtune": r["after_peak_mib"],
                     "baseline": r["before_peak_mib"], "ratio": r["before_peak_mib"] / r["after_peak_mib"],
                     "target": f"<= {TARGET_MIB} MiB" if target else "",
@@ -155,11 +157,14 @@ def measure(args, tmp: Path, checkouts: dict) -> list[dict]:
     rows = []
     for classes in args.classes:
         model = make_model(tmp / f"model{classes}", classes)
-        for mp in args.sizes:
+        # the default (the folded head on CPU), and for the middle size transformers' own head too
+        runs = [(mp, "auto") for mp in args.sizes] + [(mp, "false") for mp in args.sizes if mp == 12]
+        for mp, fold in runs:
             photo = make_photo(tmp / f"photo{mp}.jpg", SIZES[mp])
-            sides = {side: run_side(checkouts[side], photo, model, tmp / f"out-{side}") for side in checkouts}
+            sides = {side: run_side(checkouts[side], photo, model, tmp / f"out-{side}",
+                                    *(["--fold-head", "false"] if fold == "false" else [])) for side in checkouts}
             maps = [np.array(Image.open(tmp / f"out-{side}" / f"{photo.stem}.png")) for side in checkouts]
-            row = {"classes": classes, "megapixels": mp, "size": "x".join(map(str, SIZES[mp])),
+            row = {"classes": classes, "megapixels": mp, "fold_head": fold, "size": "x".join(map(str, SIZES[mp])),
                    "before_peak_mib": round(sides["before"]["peak_rss_mib"]),
                    "after_peak_mib": round(sides["after"]["peak_rss_mib"]),
                    "before_s": round(sides["before"]["seconds"], 2), "after_s": round(sides["after"]["seconds"], 2),

@@ -99,3 +99,17 @@ def test_the_segmenter_gives_the_same_maps_and_probabilities_in_strips_in_every_
                 clear = top[1] - top[0] > 1e-6
                 assert np.array_equal(maps[i][clear], strip_maps[i][clear]), (options, i)
                 assert (maps[i] == strip_maps[i]).mean() > 0.99, (options, i)
+
+
+def test_channels_last_logits_are_upsampled_as_contiguous_ones_on_every_path(monkeypatch):
+    """The folded SegFormer head runs channels-last: torch's channels-last kernel rounds unlike the
+    contiguous one the strips repeat, so every path makes the logits contiguous first."""
+    logits = torch.randn(1, 11, 40, 52, generator=torch.Generator().manual_seed(3)) * 4
+    last = logits.contiguous(memory_format=torch.channels_last)
+    size = (401, 523)
+    one = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    assert not torch.equal(F.interpolate(last, size=size, mode="bilinear", align_corners=False), one)  # the hazard
+    for budget in (2**40, 1):
+        monkeypatch.setattr(strips, "STRIP_BYTES", budget)
+        assert torch.equal(upsampled_argmax(last[0], size), upsampled_argmax(logits[0], size))
+        assert torch.equal(upsampled_argmax(last, size)[0], one[0].argmax(0))

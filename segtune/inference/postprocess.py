@@ -119,7 +119,9 @@ def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int], dtype: torch.d
     On CPU, with many classes, only those that can win somewhere (candidate_classes) are
     upsampled: the same ids, without upsampling a hundred planes that lose everywhere. A large
     image is upsampled a strip of rows at a time (strips.py): the same ids, in bounded memory."""
-    batch = (logits if logits.dim() == 4 else logits[None]).float()
+    # contiguous: the strips repeat torch's kernel for contiguous logits (strips.py), and every path must
+    # round alike; a channels-last model's logits would otherwise take another kernel in the one call
+    batch = (logits if logits.dim() == 4 else logits[None]).float().contiguous()
     pruned = [candidate_classes(item) for item in batch] if prunes_classes(batch, size) else [None] * len(batch)
     if all(c is None for c in pruned) and 4 * batch.shape[0] * batch.shape[1] * size[0] * size[1] <= strips.STRIP_BYTES:
         # small enough for one call over the whole batch

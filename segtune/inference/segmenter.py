@@ -358,6 +358,7 @@ class Segmenter:
         strip of rows at a time (strips.py), so the memory holds the logits and one strip of scores, not
         classes x pixels; each strip's scores are exactly the whole image's (their softmax may differ in
         the last bit, as torch's own softmax does between thread counts)."""
+        logits = [x.contiguous() for x in logits]  # one kernel's rounding on every path (strips.py)
         plan = strip_plan([x.shape for x in logits], size, self.device.type)
         columns = [columns_of(x, size[1]) if len(plan) > 1 else None for x in logits]
         label_map = torch.empty(tuple(size), dtype=dtype)

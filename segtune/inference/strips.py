@@ -7,7 +7,9 @@ needs only a few of them. To give the same numbers as the whole call, a strip re
 arithmetic of torch's CPU kernel, measured on its output (tests/test_strips.py): the source
 coordinate `ratio * (y + 0.5) - 0.5` rounded once (the kernel's fused multiply-add), clamped to
 the edges; the two columns combined as `a * wa + b * wb` with one rounding of `a * wa + round(b * wb)`
-(torch.addcmul, also fused), then the two rows the same way. Whether that holds for this build of
+(torch.addcmul, also fused), then the two rows the same way. That is the kernel for contiguous
+inputs; logits of a channels-last model go through another kernel that rounds differently, so
+they are made contiguous first, on every path (`postprocess.py`, the Segmenter). Whether that holds for this build of
 torch on this device is checked once per process (`exact_on`); where it does not (another kernel,
 a GPU, downsampling), the whole image is upsampled in one call, as before.
 
@@ -109,7 +111,9 @@ def strip_plan(shapes, size: tuple[int, int], device_type: str, budget: int | No
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int], lo: int, hi: int, columns=None) -> torch.Tensor:
-    """Rows lo..hi-1 of (C, h, w) `logits` upsampled to `size`: torch's own call for the whole height."""
+    """Rows lo..hi-1 of (C, h, w) `logits` upsampled to `size`: torch's own call for the whole height.
+    `logits` should be contiguous: torch's channels-last kernel (logits of a channels-last model) rounds
+    otherwise, in 4 values of 10 here, so every caller upsamples contiguous logits, whichever the path."""
     if lo == 0 and hi == size[0]:
         return F.interpolate(logits[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
     return upsample_rows(logits, size, lo, hi, columns)

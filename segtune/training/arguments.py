@@ -99,6 +99,8 @@ class TrainOptions(CommonOptions, LabelOptions, SourceOptions):
     resume: bool = flag("continue from the newest checkpoint in --output-dir")
     overwrite: bool = flag("write into a non-empty output folder")
     trust_remote_code: bool = flag("run a Hub model's own code (only for models you trust)")
+    license: str | None = option(None, "the licence the model card declares (a Hub id such as apache-2.0, mit, "
+                                 "other); default: the base model's card's, when it declares one")
     report: bool = option(True, "report.html at the end (metrics, curves, confusion matrix, lowest-IoU images); "
                           "--no-report: none")
     # Python callers only

@@ -236,7 +236,8 @@ def run_training(opts: TrainOptions) -> dict:
         callbacks=callbacks,
         labels=labels,
         ignore_index=data.ignore_index,
-        card=dict(base_model=opts.model, data=str(opts.data), hyperparameters=hyperparameters),
+        card=dict(base_model=opts.model, data=str(opts.data), hyperparameters=hyperparameters, license=opts.license,
+                  model_name=opts.output_dir.resolve().name),
         **recipe_kwargs,
     )
     resume = opts.resume and any(opts.output_dir.glob("checkpoint-*"))
