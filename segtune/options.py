@@ -216,6 +216,10 @@ class ServeOptions(RuntimeOptions):
     max_megapixels: float = option(40.0, "largest image, in megapixels, also once resized to the model's scale "
                                    "(413 above)")
     max_queue: int = option(64, "requests waiting for the model; more are answered 503 with Retry-After")
+    body_timeout: float = option(30.0, "seconds a request body may take to arrive (408 after: a body that "
+                                 "trickles in)")
+    keep_alive_timeout: float = option(5.0, "seconds an idle keep-alive connection stays open")
+    max_connections: int = option(100, "open connections; more are answered 503 with Retry-After and closed")
     api_key_env: str | None = option(None, "environment variable holding the API key; requests then need "
                                      "'Authorization: Bearer KEY' or 'X-API-Key: KEY' (401)")
     debug: bool = flag("show Python tracebacks")

@@ -55,7 +55,8 @@ def api_key_from(env_name: str | None) -> str | None:
 
 
 def check_options(opts) -> None:
-    for name, low in (("max_batch_size", 1), ("max_queue", 1), ("max_upload_mb", 1e-6), ("max_megapixels", 1e-6)):
+    for name, low in (("max_batch_size", 1), ("max_queue", 1), ("max_upload_mb", 1e-6), ("max_megapixels", 1e-6),
+                      ("body_timeout", 1e-6), ("keep_alive_timeout", 1e-6), ("max_connections", 1)):
         if getattr(opts, name) < low:
             raise SegtuneError(f"--{name.replace('_', '-')} {getattr(opts, name)}: must be positive")
     if opts.batch_timeout_ms < 0:
@@ -99,17 +100,20 @@ def run_serve(opts) -> None:
     api_key = api_key_from(opts.api_key_env)
     import uvicorn
 
+    from .guard import protocol
+
     tune_malloc()
     segmenter = load_segmenter(opts)
     app = create_app(segmenter, max_batch_size=opts.max_batch_size, batch_timeout_ms=opts.batch_timeout_ms,
                      max_upload_mb=opts.max_upload_mb, max_queue=opts.max_queue, max_megapixels=opts.max_megapixels,
-                     api_key=api_key, model_name=str(opts.model))
+                     api_key=api_key, model_name=str(opts.model), body_timeout=opts.body_timeout)
     if not _is_loopback(opts.host) and api_key is None:
         print(f"segtune serve: warning: listening on {opts.host} without --api-key-env: anyone who can reach "
               "this machine can use the model", file=sys.stderr)
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="info" if opts.debug else "warning",
                             timeout_graceful_shutdown=GRACEFUL_SECONDS, access_log=bool(opts.debug),
-                            server_header=False)
+                            server_header=False, http=protocol(opts.max_connections, opts.body_timeout),
+                            timeout_keep_alive=opts.keep_alive_timeout)
     server = Server(config)
     server.run()
     if not server.started:

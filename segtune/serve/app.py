@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 
 from ..inference.segmenter import MODES, Segmenter
 from .batcher import Batcher, Closed, QueueFull
+from .guard import Guard
 from .uploads import UploadError, decode_image, multipart_field, read_body, refused_type
 
 log = logging.getLogger("segtune.serve")
@@ -151,7 +152,7 @@ class MetricsMiddleware:
 
 def create_app(segmenter: Segmenter, *, max_batch_size: int = 8, batch_timeout_ms: float = 10.0,
                max_upload_mb: float = 20.0, max_queue: int = 64, max_megapixels: float = 40.0,
-               api_key: str | None = None, model_name: str | None = None):
+               api_key: str | None = None, model_name: str | None = None, body_timeout: float = 30.0):
     """The FastAPI app serving `segtune`'s HTTP API and web page for one loaded Segmenter.
 
     FastAPI is imported with this module: `segtune.serve` imports it only to serve. The batcher
@@ -182,6 +183,7 @@ def create_app(segmenter: Segmenter, *, max_batch_size: int = 8, batch_timeout_m
 
     app = FastAPI(title="segtune serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(Guard, body_timeout=body_timeout)  # outermost: the body deadline, the lingering close
     app.state.metrics = metrics
 
     def error(status: int, message: str, headers: dict | None = None):
@@ -335,6 +337,8 @@ def hf_inputs(body: bytes) -> bytes:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UploadError(400, f"the JSON body does not parse ({e})") from None
+    except RecursionError:  # [[[[... thousands deep
+        raise UploadError(400, "the JSON body is nested too deep") from None
     inputs = payload.get("inputs") if isinstance(payload, dict) else None
     if not isinstance(inputs, str) or not inputs:
         raise UploadError(422, 'expected {"inputs": "<base64 image>", "parameters": {...}}')

@@ -50,12 +50,17 @@ async def read_body(request, limit: int) -> bytes:
             raise UploadError(400, f"Content-Length {declared[:40]!r} is not a number") from None
         if too_big:
             raise UploadError(413, f"the upload is {int(declared) / 2**20:.1f} MiB; the limit is {limit / 2**20:g} MiB")
+    from starlette.requests import ClientDisconnect
+
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise UploadError(413, f"the upload is over the {limit / 2**20:g} MiB limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise UploadError(413, f"the upload is over the {limit / 2**20:g} MiB limit")
+            chunks.append(chunk)
+    except ClientDisconnect:  # a Content-Length larger than what was sent, then the connection closed
+        raise UploadError(400, "the client closed the connection before the body ended") from None
     return b"".join(chunks)
 
 
