@@ -97,8 +97,11 @@ def class_counts(label_map: np.ndarray, block: int = 1 << 22) -> np.ndarray:
 
 
 def save_probabilities(probs: np.ndarray, path: Path, class_names) -> None:
-    """(C, H, W) probabilities as uint8 round(p * 255) in a compressed .npz (`probs`, `classes`)."""
-    quantised = np.rint(np.clip(probs, 0.0, 1.0) * PROBS_SCALE).astype(np.uint8)
+    """(C, H, W) probabilities as uint8 round(p * 255) in a compressed .npz (`probs`, `classes`),
+    quantised a class plane at a time (no float copy of the whole array beside it)."""
+    quantised = np.empty(probs.shape, dtype=np.uint8)
+    for c, plane in enumerate(probs):
+        quantised[c] = np.rint(np.clip(plane, 0.0, 1.0) * PROBS_SCALE)
     np.savez_compressed(path, probs=quantised, classes=np.array(class_names))
 
 
