@@ -4,7 +4,8 @@
 - `runners.py`: the model-runner interface and `TorchRunner`; `onnx_runners.py`: ONNX Runtime and
   OpenVINO runners and what an export folder holds (`load_exported`).
 - `preprocess.py`: the image processor's work, bit-equal and fast; `postprocess.py`: logits to class
-  ids (upsampling and argmax, class pruning); `geometry.py`: slide windows and the training scale.
+  ids (upsampling and argmax, class pruning); `strips.py`: upsampling a strip of rows at a time, in
+  bounded memory, bit-equal to one call; `geometry.py`: slide windows and the training scale.
 """
 
 from .segmenter import Segmenter

@@ -3,7 +3,9 @@
 `run_serve(opts)` loads the model (a `segtune.options.ServeOptions`), builds the app
 (`app.create_app`) and runs uvicorn. SIGTERM or Ctrl-C: uvicorn stops accepting connections and
 waits for the requests in flight, the batcher finishes what is queued, and the command exits 0
-(uvicorn would re-raise the signal afterwards; here it does not). Needs the `serve` extra.
+(uvicorn would re-raise the signal afterwards; here it does not). uvicorn runs with segtune's HTTP
+protocol class (`guard.py`: JSON refusals, the connection cap, the header deadline); the app has the
+lingering close and the body deadline. Needs the `serve` extra.
 """
 
 from __future__ import annotations
