@@ -47,6 +47,8 @@ def _lookup(label_map, palette, ignore_index: int) -> tuple[np.ndarray, np.ndarr
 def _blocks(image, label_map, palette, ignore_index: int, alpha: float = 0.5):
     """(rows, colours, overlay or None when `image` is None) per block of BLOCK_PIXELS, top to bottom.
     `image`: a PIL image (its rows are taken a block at a time too) or an (H, W, 3) array."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     label_map = np.asarray(label_map)
     height, width = label_map.shape
     if image is not None:
@@ -80,8 +82,6 @@ def _draw(image, label_map, palette, ignore_index: int, alpha: float = 0.5):
 def drawn_image(label_map, palette, image=None, alpha: float = 0.5, ignore_index: int = 255) -> Image.Image:
     """The colour mask (no `image`) or the overlay on `image`, as a PIL RGB image made a block of rows
     at a time: no full-size array besides the picture itself (`predict` draws photos of 48 MP)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     height, width = np.asarray(label_map).shape
     picture = Image.new("RGB", (width, height))
     for rows, colours, blended in _blocks(image, label_map, palette, ignore_index, alpha):
@@ -104,9 +104,7 @@ def overlay(image, label_map, palette, alpha: float = 0.5, ignore_index: int = 2
 
 
 def colorize_and_overlay(image, label_map, palette, alpha: float = 0.5, ignore_index: int = 255):
-    """(colorize(...), overlay(...)) from one lookup of the colours, as `predict` writes both."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    """(colorize(...), overlay(...)) from one lookup of the colours."""
     return _draw(image, label_map, palette, ignore_index, alpha)
 
 

@@ -37,7 +37,7 @@ def window_counts(height: int, width: int, windows) -> np.ndarray:
 # ---------------------------------------------------------------- the processor's size
 
 
-def _shortest_edge(processor) -> int | None:
+def processor_shortest_edge(processor) -> int | None:
     size = getattr(processor, "size", None)
     if size is None:
         return None
@@ -45,7 +45,7 @@ def _shortest_edge(processor) -> int | None:
     return int(value) if value else None
 
 
-def _fixed_size(processor) -> tuple[int | None, int | None]:
+def processor_fixed_size(processor) -> tuple[int | None, int | None]:
     size = getattr(processor, "size", None)
     if isinstance(size, dict):
         return size.get("height"), size.get("width")
@@ -56,7 +56,7 @@ def training_scale(processor) -> int | None:
     """The short side the model sees: the processor's shortest_edge, or its fixed size's smaller side."""
     if not getattr(processor, "do_resize", True):
         return None
-    if (edge := _shortest_edge(processor)) is not None:
+    if (edge := processor_shortest_edge(processor)) is not None:
         return edge
-    height, width = _fixed_size(processor)
+    height, width = processor_fixed_size(processor)
     return min(height, width) if height and width else None

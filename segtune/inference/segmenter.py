@@ -44,11 +44,11 @@ from ..data.reading import read_image, to_rgb
 from ..errors import SegtuneError
 from ..models import architectures
 from ..models.loading import load_processor
-from .geometry import _fixed_size, _shortest_edge, slide_windows, training_scale
+from .geometry import processor_fixed_size, processor_shortest_edge, slide_windows, training_scale
 from .postprocess import class_argmax, upsampled_argmax
-from .strips import columns_of, strip_plan, upsample
 from .preprocess import FastPreprocess
 from .runners import TorchRunner, resolve_device, resolve_dtype
+from .strips import columns_of, strip_plan, upsample
 
 MODES = ("auto", "whole", "slide")
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # MMSeg's aug_test img_ratios
@@ -149,7 +149,7 @@ class Segmenter:
         self.batch_size, self.num_workers = batch_size, num_workers
         self.scale = training_scale(processor)
         # a model taking one square size only (models/architectures.py): every scale runs at that size
-        self.fixed_size = _fixed_size(processor)[0] is not None and (
+        self.fixed_size = processor_fixed_size(processor)[0] is not None and (
             architectures.runner_input_size(self.runner) is not None or architectures.of_processor(processor) is not None)
         self.crop_size = self.scale if self.fixed_size else (crop_size or self.scale or 512)
         self.stride = stride or max(1, round(self.crop_size * 2 / 3))
@@ -276,7 +276,7 @@ class Segmenter:
         kwargs = {}
         if self.fixed_size:  # TTA's scales and slide's aspect do not apply: the model takes one size
             pass
-        elif ratio != 1.0 or (keep_aspect and self.scale and not _shortest_edge(self.processor)):
+        elif ratio != 1.0 or (keep_aspect and self.scale and not processor_shortest_edge(self.processor)):
             kwargs = self._resize_kwargs(image, ratio, keep_aspect)
         if self.fast_preprocess is not None and kwargs.keys() <= {"size"} and image.mode == "RGB":
             return self.fast_preprocess(image, kwargs.get("size"))
@@ -288,9 +288,9 @@ class Segmenter:
 
         if self.scale is None:  # the processor does not resize: scale the image itself
             return {"do_resize": True, "size": {"height": scaled(image.height), "width": scaled(image.width)}}
-        if keep_aspect or _shortest_edge(self.processor):
+        if keep_aspect or processor_shortest_edge(self.processor):
             return {"size": {"shortest_edge": scaled(self.scale)}}
-        height, width = _fixed_size(self.processor)
+        height, width = processor_fixed_size(self.processor)
         return {"size": {"height": scaled(height), "width": scaled(width)}}
 
     # ------------------------------------------------------------ the model

@@ -54,7 +54,7 @@ def upsample_rows(logits: torch.Tensor, size: tuple[int, int], lo: int, hi: int,
     channels, h, w = logits.shape
     height, width = size
     y0, y1, wy0, wy1 = _axis(h, height, lo, hi, logits.device)
-    x0, x1, wx0, wx1 = columns if columns is not None else _axis(w, width, 0, width, logits.device)
+    x0, x1, wx0, wx1 = columns if columns is not None else columns_of(logits, width)
     first, last = int(y0[0]), int(y1[-1]) + 1  # y0 and y1 never decrease with y
     rows = logits[:, first:last]  # only the source rows this strip reads
     across = _mix(rows.index_select(2, x0), wx0, rows.index_select(2, x1), wx1)  # (C, rows, W)

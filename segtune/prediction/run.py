@@ -27,7 +27,7 @@ import torch
 from ..data.labels import LabelSet, load_labels
 from ..data.reading import MaskRules
 from ..errors import SegtuneError
-from ..inference.postprocess import label_dtype
+from ..inference.postprocess import class_counts, label_dtype
 from ..inference.segmenter import Segmenter, prefetch
 from .inputs import InputImage, mask_rules, collect_images, ground_truth_masks, match_ground_truth
 from .ranks import (Processes, fold_rank_files, process_rank, rank_file, read_records, record_key, take_rank_records,
@@ -81,19 +81,6 @@ def failed_record(entry: InputImage, paths: dict, error: SegtuneError, bar) -> d
     (its outputs are not all there)."""
     bar.write(f"segtune: warning: {error} (skipped; the other images go on)")
     return {"image": str(entry.path), "label_map": str(paths["label_map"]), "error": str(error)}
-
-
-def class_counts(label_map: np.ndarray, block: int = 1 << 22) -> np.ndarray:
-    """Pixels per class id (argmax indices, never negative): np.bincount, 5x np.unique's speed, a block
-    of pixels at a time (it widens the ids to int64 first: 384 MB for a whole 48 MP map)."""
-    flat = label_map.ravel()
-    counts = np.zeros(0, dtype=np.int64)
-    for start in range(0, flat.size, block):
-        part = np.bincount(flat[start:start + block])
-        if len(part) > len(counts):
-            counts = np.pad(counts, (0, len(part) - len(counts)))
-        counts[: len(part)] += part
-    return counts
 
 
 def save_probabilities(probs: np.ndarray, path: Path, class_names) -> None:

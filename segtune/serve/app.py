@@ -29,6 +29,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from ..inference.postprocess import class_counts
 from ..inference.segmenter import MODES, Segmenter
 from .batcher import Batcher, Closed, QueueFull
 from .guard import Guard
@@ -56,9 +57,10 @@ def label_png(label_map: np.ndarray, segmenter: Segmenter) -> bytes:
 
 def class_shares(label_map: np.ndarray, segmenter: Segmenter) -> list[dict]:
     labels = segmenter.labels
-    ids, counts = np.unique(label_map, return_counts=True)
+    counts = class_counts(label_map)
+    ids = np.flatnonzero(counts)
     out = []
-    for i, count in zip(ids.tolist(), counts.tolist()):
+    for i, count in zip(ids.tolist(), counts[ids].tolist()):
         known = 0 <= i < len(labels)
         color = labels.colors[i].tolist() if known else [0, 0, 0]
         out.append({"id": i, "name": labels.names[i] if known else str(i), "color": color,
@@ -67,8 +69,11 @@ def class_shares(label_map: np.ndarray, segmenter: Segmenter) -> list[dict]:
 
 
 def overlay_jpeg(image, label_map: np.ndarray, segmenter: Segmenter, alpha: float) -> bytes:
+    """The overlay as `segtune predict` draws it: a block of rows at a time, straight into the picture."""
+    from ..data.drawing import drawn_image
+
     buffer = io.BytesIO()
-    Image.fromarray(segmenter.overlay(image, label_map, alpha=alpha)).save(buffer, format="JPEG", quality=90)
+    drawn_image(label_map, segmenter.labels.colors, image, alpha=alpha).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 
