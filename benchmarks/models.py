@@ -29,15 +29,17 @@ from benchmarks.common import command, machine, markdown_table, peak_rss_mb, sav
 
 NAMES = ["mit-b0", "upernet-convnext-tiny", "upernet-swin-tiny", "dpt-hybrid", "beit-base", "data2vec-vision-base",
          "mobilevit-small", "mobilevitv2-1.0", "deeplabv3-mobilenet-v2"]
+# --set mask: the mask classifiers and UperNet on DINOv2, beside mit-b0, in their own run and results file
+MASK_NAMES = ["mit-b0", "eomt-small-512", "eomt-dinov3-small-512", "mask2former-swin-tiny", "maskformer-swin-tiny",
+              "upernet-dinov2-small"]
 QUICK_NAMES = ["mit-b0", "mobilevit-xx-small"]
 CAMVID = Path(__file__).resolve().parents[1] / "examples" / "camvid-mini.yaml"  # /work/shared/data/camvid-mini
 CLASSES = 11
 
 
 def build(name: str, image_size: int | None = None):
-    from transformers import AutoModelForSemanticSegmentation
-
-    from segtune.models.architectures import offline_config
+    from segtune.models.architectures import auto_class, offline_config
+    from segtune.models.masks import original_query_init
 
     config = offline_config(name)
     config.num_labels = CLASSES
@@ -47,7 +49,9 @@ def build(name: str, image_size: int | None = None):
     if image_size and backbone is not None and hasattr(backbone, "image_size"):  # UperNet-Swin's window grid
         backbone.image_size = image_size
     torch.manual_seed(0)
-    return AutoModelForSemanticSegmentation.from_config(config).eval()
+    model = auto_class(config).from_config(config).eval()
+    original_query_init(model)  # as segtune builds an offline MaskFormer
+    return model
 
 
 def input_side(model) -> int:
@@ -59,24 +63,33 @@ def input_side(model) -> int:
 def gflop(model, side: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(pixel_values=torch.rand(1, 3, side, side))
+    from segtune.models.masks import pixel_scores
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():  # a mask classifier's scores included
+        pixel_scores(model, torch.rand(1, 3, side, side))
     return counter.get_total_flops() / 1e9
 
 
 def speeds(model, side: int, images: int) -> dict:
     """Images/s, torch and ONNX Runtime, on one side x side image at batch 1."""
     from segtune.exporting.run import export_onnx
-    from segtune.models.architectures import make_exportable
+    from segtune.models.exportable import make_exportable
+
+    from segtune.models.architectures import family
+    from segtune.models.masks import pixel_scores
 
     x = torch.rand(1, 3, side, side)
     out = {}
     with torch.no_grad():
-        model(pixel_values=x)
+        pixel_scores(model, x)
         start = time.perf_counter()
         for _ in range(images):
-            model(pixel_values=x)
+            pixel_scores(model, x)  # the per-pixel scores segtune upsamples: a mask classifier's combined masks
     out["torch"] = images / (time.perf_counter() - start)
+    backbone = getattr(getattr(model.config, "backbone_config", None), "model_type", "")
+    if family(model.config) == "mask" and "swin" in backbone:
+        out["onnx"], out["onnx_error"] = None, "segtune export refuses it (Swin's padding fixes the graph's size)"
+        return out
     try:
         import copy
 
@@ -128,10 +141,13 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(CAMVID))
     parser.add_argument("--quick", action="store_true", help="two small models, 5 steps, 1 timed image")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--set", choices=("pixel", "mask"), default="pixel",
+                        help="mask: the mask classifiers (and UperNet-DINOv2) beside mit-b0, to results/models_mask.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.images, args.crop = 5, 1, 128
-    names = args.names.split(",") if args.names else (QUICK_NAMES if args.quick else NAMES)
+    names = args.names.split(",") if args.names else (
+        QUICK_NAMES if args.quick else MASK_NAMES if args.set == "mask" else NAMES)
     from segtune.models.architectures import OFFLINE_NAMES
 
     began, rows = time.perf_counter(), []
@@ -176,7 +192,7 @@ def main(argv=None) -> int:
                            "segtune": f"{fmt(r['images_per_s_torch'], '.2f')} / {fmt(r.get('images_per_s_onnx'), '.2f')}",
                            "baseline": "", "ratio": None, "ratio_text": fmt(r.get("mean_iou"), ".3f"),
                            "target": "", "met": None} for r in rows]}
-    save_result("models", result, write=not args.no_write)
+    save_result("models_mask" if args.set == "mask" else "models", result, write=not args.no_write)
     return 0
 
 

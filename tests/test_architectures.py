@@ -217,7 +217,7 @@ def test_train_from_an_offline_name(tmp_path, data):
 
 
 def test_exportable_pooling_equals_torchs_adaptive_pooling():
-    from segtune.models.architectures import ExportableAdaptiveAvgPool
+    from segtune.models.exportable import ExportableAdaptiveAvgPool
 
     for shape in [(2, 3, 17, 23), (1, 4, 6, 6), (1, 2, 5, 40)]:
         x = torch.randn(*shape)

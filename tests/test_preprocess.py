@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segtune.inference.preprocess import FastPreprocess, resize_output_size
+from segtune.inference.preprocess import FastPreprocess, own_windows_off, resize_output_size
 from segtune.models.architectures import ARCHITECTURES, OFFLINE_NAMES, make_processor, offline_config
 from segtune.models.loading import IMAGENET_MEAN, IMAGENET_STD
 
@@ -29,14 +29,16 @@ def test_the_fast_path_equals_every_architectures_processor_bit_for_bit(model_ty
     assert fast is not None, f"{type(processor).__name__} of {model_type} has no fast path"
     for i, (height, width) in enumerate(SIZES):
         img = image(height, width, seed=i)
-        want = processor(images=img, return_tensors="pt")["pixel_values"][0]
+        # EoMT's own windows off, as segtune calls it (segtune makes the windows)
+        want = processor(images=img, return_tensors="pt", **own_windows_off(processor))["pixel_values"][0]
         got = fast(img)
         assert got.dtype == torch.float32 and got.shape == want.shape, (height, width)
         assert torch.equal(got, want), (model_type, height, width, (got - want).abs().max())
     img = image(300, 200)
-    overrides = [{"height": 50, "width": 81}] + ([{"shortest_edge": 77}] if processor.size.shortest_edge else [])
+    edge = {"shortest_edge": 77, **({"longest_edge": 150} if processor.size.longest_edge else {})}
+    overrides = [{"height": 50, "width": 81}] + ([edge] if processor.size.shortest_edge else [])
     for size in overrides:  # TTA's scales and slide's aspect
-        want = processor(images=img, return_tensors="pt", size=size)["pixel_values"][0]
+        want = processor(images=img, return_tensors="pt", size=size, **own_windows_off(processor))["pixel_values"][0]
         assert torch.equal(fast(img, size), want), size
 
 

@@ -18,7 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.pairs import PairDataset
 from ..data.reading import MaskRules, read_mask
 from ..errors import SegtuneError
+from ..inference.geometry import window_scores
 from ..inference.postprocess import upsampled_argmax
+from ..models import architectures
+from ..models.masks import pixel_scores
 from .metrics import ConfusionMatrix
 
 
@@ -83,13 +86,30 @@ def evaluate_model(
     forward = getattr(model, "_original_forward", None) or model
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
+    side = _window_side(getattr(model, "config", None))
     for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress):
         for run in _same_shape_runs(batch):
             pixel_values = torch.stack([item["pixel_values"] for item in run]).to(device, dtype)
-            _score(forward(pixel_values=pixel_values).logits.float(), run, device, cm, on_item)
+            _score(_scores(lambda x: pixel_scores(forward, x).float(), pixel_values, side, batch_size),
+                   run, device, cm, on_item)
     cm.all_reduce()
     model.train(was_training)
     return cm
+
+
+def _window_side(config) -> int | None:
+    """The square a model of windows (EoMT) runs on: such a model is scored window by window, as it predicts."""
+    arch = architectures.of_config(config) if config is not None else None
+    return architectures.input_size(config) if arch is not None and arch.windows else None
+
+
+def _scores(scores_of, pixel_values, side: int | None, batch_size: int):
+    """(B, C, h, w) scores of a batch: one pass, or for a model of windows, each image's windows
+    (the Segmenter's default stride) at the input size."""
+    if side is None:
+        return scores_of(pixel_values)
+    stride = max(1, round(side * 2 / 3))
+    return torch.stack([window_scores(scores_of, x, side, stride, batch_size, pad=True) for x in pixel_values])
 
 
 def _score(logits, run, device, cm: ConfusionMatrix, on_item) -> None:
@@ -114,10 +134,12 @@ def _evaluate_runner(runner, dataset, num_classes, ignore_index, batch_size, num
     device = torch.device(runner.device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
+    side = _window_side(architectures.runner_config(runner))
     for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress):
         for run in _same_shape_runs(batch):
             pixel_values = torch.stack([item["pixel_values"] for item in run])
-            _score(torch.as_tensor(runner(pixel_values)).to(device).float(), run, device, cm, on_item)
+            _score(_scores(lambda x: torch.as_tensor(runner(x)).to(device).float(), pixel_values, side, batch_size),
+                   run, device, cm, on_item)
     return cm
 
 

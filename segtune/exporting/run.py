@@ -42,14 +42,17 @@ GENERATED_SIZES = ((683, 512), (480, 640), (500, 375), (320, 240))  # (width, he
 
 
 class _Logits(torch.nn.Module):
-    """model(pixel_values=x).logits as a module of one tensor in, one out (what the exporter traces)."""
+    """The model's per-pixel scores (logits, or a mask classifier's semantic scores: models/masks.py) as a module
+    of one tensor in, one out (what the exporter traces)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, pixel_values):
-        return self.model(pixel_values=pixel_values).logits
+        from ..models.masks import pixel_scores
+
+        return pixel_scores(self.model, pixel_values)
 
 
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -210,6 +213,13 @@ class CheckFailed(Exception):
     """The exported model does not run where torch does."""
 
 
+def _scores(segmenter, batch: torch.Tensor) -> torch.Tensor:
+    """A batch's scores as the segmenter computes them: one pass, or a model of windows' (EoMT's) windows."""
+    if segmenter.windows:
+        return torch.stack([segmenter._slide(pixel_values) for pixel_values in batch])
+    return segmenter._logits(batch)
+
+
 def parity_check(torch_segmenter, onnx_segmenter, images, ignore_index) -> list[_Row]:
     """Each image at CHECK_RATIOS of the training scale, as a batch of it and its mirror, through both."""
     from ..evaluation.metrics import ConfusionMatrix
@@ -227,10 +237,10 @@ def parity_check(torch_segmenter, onnx_segmenter, images, ignore_index) -> list[
             for (ratio, pv_torch), (_, pv_onnx) in zip(ours.inputs, theirs.inputs):
                 row = rows[ratio]
                 row.sizes.add(f"{pv_torch.shape[-2]}x{pv_torch.shape[-1]}")
-                logits = [torch_segmenter._logits(torch.stack([pv_torch, pv_torch.flip(-1)]))]
+                logits = [_scores(torch_segmenter, torch.stack([pv_torch, pv_torch.flip(-1)]))]
                 batch = torch.stack([pv_onnx, pv_onnx.flip(-1)])
                 try:
-                    logits.append(onnx_segmenter._logits(batch))
+                    logits.append(_scores(onnx_segmenter, batch))
                 except Exception as e:  # a size the graph fixed at export (a reshape of constant shape ...)
                     raise CheckFailed(f"ONNX Runtime cannot run the export at input {'x'.join(map(str, batch.shape))}"
                                       f" ({_reason(e)[:200]})") from None
@@ -276,7 +286,8 @@ def run_export(opts) -> dict:
     from ..inference.geometry import training_scale
     from ..inference.onnx_runners import onnx_path
     from ..inference.segmenter import Segmenter
-    from ..models.architectures import input_size, make_exportable
+    from ..models.architectures import input_size
+    from ..models.exportable import make_exportable
     from ..models.folding import fold_segformer_head
 
     started = time.perf_counter()
@@ -298,6 +309,11 @@ def run_export(opts) -> dict:
                                           trust_remote_code=opts.trust_remote_code, mode="whole", tta=True,
                                           scales=CHECK_RATIOS, flip=False, num_workers=0)
     model, processor, labels = reference.model, reference.processor, reference.labels
+    backbone = getattr(getattr(model.config, "backbone_config", None), "model_type", "")
+    if reference.family == "mask" and backbone in ("swin", "maskformer-swin"):
+        raise SegtuneError(f"{opts.model}: a {model.config.model_type} on Swin cannot be exported with a free input "
+                           "size: the exporter records Swin's padding to whole windows as constants, so the graph "
+                           "would run one size only, where segtune resizes by the short side (EoMT exports)")
     source, images, ignore_index = check_images(opts.check_data, opts.check_images, opts) if opts.check_images \
         else (None, [], None)
 

@@ -60,3 +60,40 @@ def training_scale(processor) -> int | None:
         return edge
     height, width = processor_fixed_size(processor)
     return min(height, width) if height and width else None
+
+
+# ---------------------------------------------------------------- scores over windows
+
+
+def window_scores(scores_of, pixel_values, crop: int, stride: int, batch_size: int = 1, pad: bool = False):
+    """(C, H, W) scores of a (3, H, W) input, window by window (slide_windows): each window's scores
+    upsampled to the window, summed, divided by the number of windows covering each pixel.
+
+    `scores_of`: (B, 3, h, w) pixel values -> (B, C, h', w') float scores on some device. `pad`: for a
+    model taking `crop`-square inputs only (EoMT), an input smaller than the crop is padded with zeros
+    (the mean colour, once normalised) at the bottom and right, and that padding cropped off the scores.
+    Without it, an input that fits in one window is run whole (so slide equals whole there)."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = pixel_values.shape[-2:]
+    if pad and (height < crop or width < crop):
+        padded = F.pad(pixel_values, (0, max(0, crop - width), 0, max(0, crop - height)))
+        return window_scores(scores_of, padded, crop, stride, batch_size, pad)[:, :height, :width]
+    windows = slide_windows(height, width, crop, stride)
+    if len(windows) == 1 and not pad:
+        return scores_of(pixel_values[None])[0]
+    total = count = None
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        crops = torch.stack([pixel_values[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+        scores = scores_of(crops)
+        if scores.shape[-2:] != crops.shape[-2:]:
+            scores = F.interpolate(scores, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+        if total is None:
+            total = torch.zeros((scores.shape[1], height, width), device=scores.device)
+            count = torch.zeros((1, height, width), device=scores.device)
+        for (y1, y2, x1, x2), window in zip(chunk, scores):
+            total[:, y1:y2, x1:x2] += window
+            count[:, y1:y2, x1:x2] += 1
+    return total / count

@@ -23,19 +23,45 @@ from PIL import Image
 # do_* flags that these processors may have on: what the fast path does (the images are RGB already;
 # reduce_labels concerns masks only). Any other flag on sends the processor down its own path.
 HANDLED = {"do_resize", "do_rescale", "do_normalize", "do_convert_rgb", "do_reduce_labels"}
+# EoMT's split into windows and padding: segtune makes its own windows (segmenter.py, geometry.window_scores).
+WINDOWS = {"do_split_image", "do_pad"}
 PROCESSORS = {"SegformerImageProcessorPil", "BeitImageProcessorPil", "DPTImageProcessorPil",
-              "MobileViTImageProcessorPil", "MobileNetV2ImageProcessorPil"}
+              "MobileViTImageProcessorPil", "MobileNetV2ImageProcessorPil", "EomtImageProcessorPil",
+              "Mask2FormerImageProcessorPil", "MaskFormerImageProcessorPil"}
+
+CAPPED = {"Mask2FormerImageProcessorPil", "MaskFormerImageProcessorPil", "EomtImageProcessorPil"}  # _capped_size
+
+
+def own_windows_off(processor) -> dict:
+    """Keyword arguments that turn a processor's own windows off (EoMT's split and padding): segtune's call
+    of the processor gives one image's pixel values, and segtune makes the windows."""
+    return {key: False for key in ("do_split_image", "do_pad") if getattr(processor, "do_split_image", False)}
 
 
 def resize_output_size(height: int, width: int, size: dict) -> tuple[int, int]:
     """(height, width) after resizing to `size` ({"shortest_edge": n} or {"height": h, "width": w}), as
     transformers' get_resize_output_image_size computes it (the long side is truncated, not rounded)."""
+    if size.get("shortest_edge") and size.get("longest_edge"):  # Mask2Former's: a long-side cap
+        return _capped_size(height, width, int(size["shortest_edge"]), int(size["longest_edge"]))
     if size.get("shortest_edge"):
         edge = int(size["shortest_edge"])
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = edge, int(edge * long / short)
         return (new_long, new_short) if width <= height else (new_short, new_long)
     return int(size["height"]), int(size["width"])
+
+
+def _capped_size(height: int, width: int, edge: int, cap: int) -> tuple[int, int]:
+    """transformers' get_size_with_aspect_ratio: the short side to `edge` unless the long side would pass `cap`."""
+    raw = None
+    if max(height, width) / min(height, width) * edge > cap:
+        raw = cap * min(height, width) / max(height, width)
+        edge = int(round(raw))
+    if (height <= width and height == edge) or (width <= height and width == edge):
+        return height, width
+    if width < height:
+        return (int(raw * height / width) if raw is not None else int(edge * height / width)), edge
+    return edge, (int(raw * width / height) if raw is not None else int(edge * width / height))
 
 
 class FastPreprocess:
@@ -66,9 +92,11 @@ class FastPreprocess:
         if type(processor).__name__ not in PROCESSORS:
             return None
         settings = processor.to_dict()
-        if any(value for key, value in settings.items() if key.startswith("do_") and key not in HANDLED):
+        handled = HANDLED | (WINDOWS if type(processor).__name__ == "EomtImageProcessorPil" else set())
+        if any(value for key, value in settings.items() if key.startswith("do_") and key not in handled):
             return None  # centre crop, padding, channel flip ...: the processor's own path
-        if settings.get("ensure_multiple_of", 1) not in (1, None) or settings.get("keep_aspect_ratio"):
+        if settings.get("size_divisor") or settings.get("ensure_multiple_of", 1) not in (1, None) or \
+                settings.get("keep_aspect_ratio"):
             return None  # DPT's size rounding
         if not (getattr(processor, "do_resize", False) and getattr(processor, "do_rescale", False)):
             return None
@@ -76,7 +104,9 @@ class FastPreprocess:
             size = _size_dict(processor.size)
         except (TypeError, AttributeError):
             return None
-        if not (size.get("shortest_edge") and not size.get("longest_edge")) and not (size.get("height") and size.get("width")):
+        if not size.get("shortest_edge") and not (size.get("height") and size.get("width")):
+            return None
+        if size.get("longest_edge") and type(processor).__name__ not in CAPPED:  # another formula: their own path
             return None
         normalize = bool(getattr(processor, "do_normalize", False))
         if normalize and (len(np.atleast_1d(processor.image_mean)) != 3 or len(np.atleast_1d(processor.image_std)) != 3):
@@ -138,4 +168,4 @@ class ProcessorTransform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if self.fast is not None and image.mode == "RGB":
             return self.fast(image)
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return self.processor(images=image, return_tensors="pt", **own_windows_off(self.processor))["pixel_values"][0]

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import SegtuneError
 from ..models.folding import fold_segformer_head
+from ..models.masks import pixel_scores
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -70,7 +71,8 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    """A transformers segmentation model (anything called as `model(pixel_values=x).logits`) as a Runner."""
+    """A transformers segmentation model as a Runner: a per-pixel model's logits, a mask classifier's semantic
+    scores (segtune.models.masks.pixel_scores)."""
 
     def __init__(self, model: torch.nn.Module):
         self.model = model.eval()
@@ -97,4 +99,4 @@ class TorchRunner:
         x = pixel_values.to(self.device, self.dtype, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(pixel_values=x).logits
+        return pixel_scores(self.model, x)

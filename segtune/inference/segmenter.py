@@ -37,16 +37,16 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data.labels import LabelSet, load_labels
 from ..data.reading import read_image, to_rgb
 from ..errors import SegtuneError
 from ..models import architectures
+from ..models.masks import probabilities as class_probabilities
 from ..models.loading import load_processor
-from .geometry import processor_fixed_size, processor_shortest_edge, slide_windows, training_scale
+from .geometry import processor_fixed_size, processor_shortest_edge, training_scale, window_scores
 from .postprocess import class_argmax, upsampled_argmax
-from .preprocess import FastPreprocess
+from .preprocess import FastPreprocess, own_windows_off
 from .runners import TorchRunner, resolve_device, resolve_dtype
 from .strips import columns_of, strip_plan, upsample
 
@@ -93,6 +93,11 @@ def _as_image(image):
     if isinstance(image, Image.Image):
         return to_rgb(image)
     raise TypeError(f"expected a PIL image, an (H, W, 3) uint8 array or a path, got {type(image).__name__}")
+
+
+def _size_value(processor, key: str):
+    size = getattr(processor, "size", None)
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
 
 
 def prefetch(fn, iterable: Iterable, workers: int, depth: int) -> Iterator:
@@ -151,6 +156,15 @@ class Segmenter:
         # a model taking one square size only (models/architectures.py): every scale runs at that size
         self.fixed_size = processor_fixed_size(processor)[0] is not None and (
             architectures.runner_input_size(self.runner) is not None or architectures.of_processor(processor) is not None)
+        # a mask classifier's scores are no logits: probabilities normalise them by their sum (models/masks.py)
+        config = architectures.runner_config(self.runner)
+        self.family = architectures.family(config) if config is not None else "pixel"
+        # EoMT: the short side resized to its square input, then always slide mode over square windows
+        arch = architectures.of_processor(processor) or (architectures.of_config(config) if config else None)
+        self.windows = bool(arch and arch.windows)
+        if self.windows:
+            self.mode, self.fixed_size = "slide", False
+            crop_size = architectures.runner_input_size(self.runner) or self.scale
         self.crop_size = self.scale if self.fixed_size else (crop_size or self.scale or 512)
         self.stride = stride or max(1, round(self.crop_size * 2 / 3))
         if self.crop_size < 1 or self.stride < 1 or self.stride > self.crop_size:
@@ -204,12 +218,9 @@ class Segmenter:
             torch.set_num_threads(threads)
         dev, dt = resolve_device(device), resolve_dtype(dtype)
         check_hub(model_dir)  # offline: one line at once, not 25 s of retries
-        from transformers import AutoModelForSemanticSegmentation  # here: an exported model runs without it
+        from ..models.loading import load_saved_model  # here: an exported model runs without transformers
 
-        try:
-            model = AutoModelForSemanticSegmentation.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        except OSError as e:
-            raise SegtuneError(f"{model_dir}: cannot load model: {str(e).splitlines()[0]}") from None
+        model = load_saved_model(model_dir, trust_remote_code)
         labels_file = Path(model_dir, "labels.json")
         labels = load_labels(labels_file) if labels_file.is_file() else LabelSet.from_id2label(model.config.id2label)
         return cls(model.to(device=dev, dtype=dt), load_processor(model_dir), labels, **options)
@@ -280,7 +291,8 @@ class Segmenter:
             kwargs = self._resize_kwargs(image, ratio, keep_aspect)
         if self.fast_preprocess is not None and kwargs.keys() <= {"size"} and image.mode == "RGB":
             return self.fast_preprocess(image, kwargs.get("size"))
-        return self.processor(images=image, return_tensors="pt", **kwargs)["pixel_values"][0]
+        return self.processor(images=image, return_tensors="pt", **kwargs, **own_windows_off(self.processor))[
+            "pixel_values"][0]
 
     def _resize_kwargs(self, image, ratio: float, keep_aspect: bool) -> dict:
         def scaled(n):
@@ -289,7 +301,8 @@ class Segmenter:
         if self.scale is None:  # the processor does not resize: scale the image itself
             return {"do_resize": True, "size": {"height": scaled(image.height), "width": scaled(image.width)}}
         if keep_aspect or processor_shortest_edge(self.processor):
-            return {"size": {"shortest_edge": scaled(self.scale)}}
+            cap = _size_value(self.processor, "longest_edge")  # Mask2Former's long-side cap scales along
+            return {"size": {"shortest_edge": scaled(self.scale), **({"longest_edge": scaled(cap)} if cap else {})}}
         height, width = processor_fixed_size(self.processor)
         return {"size": {"height": scaled(height), "width": scaled(width)}}
 
@@ -369,12 +382,13 @@ class Segmenter:
                 scores = upsample(x, size, lo, hi, cols)
                 if not average:
                     break
-                total = scores.softmax(0) if total is None else total.add_(scores.softmax(0))
+                share = class_probabilities(scores, self.family)
+                total = share if total is None else total.add_(share)
             if average:
                 scores = total / len(logits)
             label_map[lo:hi] = class_argmax(scores).cpu()
             if probabilities:
-                probs[:, lo:hi] = (scores if average else scores.softmax(0)).cpu().numpy()
+                probs[:, lo:hi] = (scores if average else class_probabilities(scores, self.family)).cpu().numpy()
         return label_map.numpy(), probs
 
     def _augmented_logits(self, pixel_values: torch.Tensor, flips, mode: str):
@@ -389,20 +403,7 @@ class Segmenter:
                 yield logits.flip(-1) if f else logits
 
     def _slide(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Window logits, each upsampled to its window, summed and divided by the coverage count.
-        An input that fits in one window is run whole (so slide equals whole there)."""
-        height, width = pixel_values.shape[-2:]
-        windows = slide_windows(height, width, self.crop_size, self.stride)
-        if len(windows) == 1:
-            return self._logits(pixel_values[None])[0]
-        total, count = None, torch.zeros((1, height, width), device=self.device)
-        for start in range(0, len(windows), self.batch_size):
-            chunk = windows[start : start + self.batch_size]
-            crops = torch.stack([pixel_values[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
-            logits = F.interpolate(self._logits(crops), size=crops.shape[-2:], mode="bilinear", align_corners=False)
-            if total is None:
-                total = torch.zeros((logits.shape[1], height, width), device=self.device)
-            for (y1, y2, x1, x2), window_logits in zip(chunk, logits):
-                total[:, y1:y2, x1:x2] += window_logits
-                count[:, y1:y2, x1:x2] += 1
-        return total / count
+        """Window logits, each upsampled to its window, summed and divided by the coverage count
+        (geometry.window_scores). An input that fits in one window is run whole (so slide equals whole
+        there), except for a model of square windows (EoMT), which pads it to one."""
+        return window_scores(self._logits, pixel_values, self.crop_size, self.stride, self.batch_size, pad=self.windows)

@@ -12,16 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 from ..errors import SegtuneError
+from . import mask_configs
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 # Parameters that are no weights of a layer: position tables, tokens and layer scales take no
 # weight decay in MMSeg's BEiT/Swin/ConvNeXt configs (decay would pull them to 0, not regularise).
 NO_DECAY_NAMES = ("cls_token", "mask_token", "position_embeddings", "absolute_position_embeddings",
-                  "relative_position_bias_table", "lambda_1", "lambda_2", "layer_scale_parameter")
+                  "relative_position_bias_table", "lambda_1", "lambda_2", "layer_scale_parameter",
+                  "lambda1", "register_tokens", "level_embed")  # DINOv2/v3 and EoMT's layer scale and registers
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,10 @@ class Architecture:
     foldable: bool = False  # models/folding.py applies
     auxiliary_head: bool = False  # has `use_auxiliary_head` / `auxiliary_loss_weight`
     processor_kwargs: dict = field(default_factory=dict)  # what segtune sets on top of its scale
+    # "pixel": per-pixel logits (AutoModelForSemanticSegmentation); "mask": mask classification
+    # (AutoModelForUniversalSegmentation), read out as semantic scores by models/masks.py
+    family: str = "pixel"
+    windows: bool = False  # EoMT: short side resized to its square input, run on square windows (slide mode)
     offline: dict = field(default_factory=dict)  # offline name -> config builder (random weights)
     notes: str = ""
 
@@ -167,6 +170,26 @@ ARCHITECTURES = {a.model_type: a for a in [
                  offline={"deeplabv3-mobilenet-v2": _mobilenet_v2},
                  notes="TensorFlow 'same' padding computed from the input size: the ONNX graph has one input size"),
 ]}
+_MASK = {"do_reduce_labels": False, "size_divisor": 0}  # segtune builds the targets and never pads
+_EOMT = {"do_split_image": True, "do_pad": True}  # transformers' own semantic inference: square windows
+ARCHITECTURES.update({a.model_type: a for a in [
+    Architecture("eomt", "EoMT (DINOv2)", "EomtImageProcessorPil", ignore_field="", fixed_size=True, windows=True,
+                 family="mask", processor_kwargs=_EOMT, offline=mask_configs.EOMT,
+                 notes="its position embeddings fix the input square: images are resized to that short side and "
+                       "run window by window (slide mode), as transformers' EoMT processor splits them"),
+    Architecture("eomt_dinov3", "EoMT (DINOv3)", "EomtImageProcessorPil", ignore_field="", fixed_size=True,
+                 windows=True, family="mask", processor_kwargs=_EOMT, offline=mask_configs.EOMT_DINOV3,
+                 notes="as EoMT: its token grid is fixed by config.image_size"),
+    Architecture("mask2former", "Mask2Former (Swin)", "Mask2FormerImageProcessorPil", ignore_field="ignore_value",
+                 family="mask", processor_kwargs=_MASK, offline=mask_configs.MASK2FORMER,
+                 notes="multi-scale deformable attention in its pixel decoder"),
+    Architecture("maskformer", "MaskFormer (Swin)", "MaskFormerImageProcessorPil", ignore_field="", family="mask",
+                 processor_kwargs=_MASK, offline=mask_configs.MASKFORMER),
+]})
+ARCHITECTURES["upernet"].offline.update(mask_configs.UPERNET_VIT)
+# Refused in one line: what it would need that segtune cannot give it
+REFUSED = {"oneformer": "OneFormer needs a task text input and a class-info file from the Hub for every image; "
+                        "segtune does not support it: train Mask2Former or EoMT instead"}
 OFFLINE_NAMES = {name: a for a in ARCHITECTURES.values() for name in a.offline}
 
 
@@ -179,6 +202,31 @@ def of_config(config) -> Architecture | None:
     return get(getattr(config, "model_type", ""))
 
 
+def family(config) -> str:
+    """"mask" for a mask classifier (by its registry entry, or any AutoModelForUniversalSegmentation type), else "pixel"."""
+    arch = of_config(config)
+    if arch is not None:
+        return arch.family
+    from transformers.models.auto.modeling_auto import MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES as universal
+
+    return "mask" if getattr(config, "model_type", "") in universal else "pixel"
+
+
+def check_supported(config, name) -> None:
+    """A model type segtune refuses (REFUSED) stops in one line naming the model."""
+    reason = REFUSED.get(getattr(config, "model_type", ""))
+    if reason:
+        raise SegtuneError(f"{name}: {reason}")
+
+
+def auto_class(config):
+    """The transformers Auto class that loads the model of `config` for segtune's use."""
+    import transformers
+
+    kind = "Universal" if family(config) == "mask" else "Semantic"
+    return getattr(transformers, f"AutoModelFor{kind}Segmentation")
+
+
 def of_processor(processor) -> Architecture | None:
     """The fixed-size architectures have processors of their own, so a processor names its constraint;
     SegFormer's processor (also UperNet's) says nothing of the architecture, which is size-free."""
@@ -189,23 +237,32 @@ def of_processor(processor) -> Architecture | None:
     return None
 
 
-def runner_input_size(runner) -> int | None:
-    """input_size of what a Segmenter's runner runs: a torch model's config, or the config.json that
-    `segtune export` writes beside model.onnx (None for a bare ONNX file without it)."""
+def runner_config(runner):
+    """The config of what a Segmenter's runner runs: a torch model's, or the config.json that `segtune export`
+    writes beside model.onnx, read as plain JSON (None for a bare ONNX file without it)."""
     model = getattr(runner, "model", None)
     if model is not None and hasattr(model, "config"):
-        return input_size(model.config)
+        return model.config
     path = getattr(runner, "path", None)
     if path is not None and (Path(path).parent / "config.json").is_file():
         import json
         from types import SimpleNamespace
 
-        try:  # read as JSON: transformers' AutoConfig is not needed (nor its import) to find a size
-            return input_size(json.loads((Path(path).parent / "config.json").read_text(),
-                                         object_hook=lambda d: SimpleNamespace(**d)))
-        except (OSError, ValueError, TypeError, AttributeError):
+        try:  # as JSON: transformers' AutoConfig is not needed (nor its import) to find a size
+            return json.loads((Path(path).parent / "config.json").read_text(),
+                              object_hook=lambda d: SimpleNamespace(**d))
+        except (OSError, ValueError):
             return None
     return None
+
+
+def runner_input_size(runner) -> int | None:
+    """input_size of what a Segmenter's runner runs (runner_config)."""
+    config = runner_config(runner)
+    try:
+        return input_size(config) if config is not None else None
+    except (TypeError, AttributeError):
+        return None
 
 
 def offline_config(name: str):
@@ -219,7 +276,9 @@ def offline_config(name: str):
 def label_kwargs(arch: Architecture | None, labels, ignore_index: int) -> dict:
     """Config fields of the labels and of the ignore index, the field the architecture's own loss reads."""
     kwargs = dict(num_labels=len(labels), id2label=labels.id2label, label2id=labels.label2id)
-    kwargs[arch.ignore_field if arch else "semantic_loss_ignore_index"] = ignore_index
+    field_name = arch.ignore_field if arch else "semantic_loss_ignore_index"
+    if field_name:  # EoMT and MaskFormer have none: segtune's targets leave ignored pixels out (models/masks.py)
+        kwargs[field_name] = ignore_index
     return kwargs
 
 
@@ -244,75 +303,13 @@ def make_processor(arch: Architecture | None, config, base_size: int, mean, std)
     arch = arch or ARCHITECTURES["segformer"]
     cls = getattr(transformers, arch.processor)
     side = input_size(config)
-    size = {"height": side, "width": side} if side else {"shortest_edge": base_size}
+    if arch.windows:  # the short side to the square's side; windows of it (transformers: split, pad)
+        size = {"shortest_edge": side, "longest_edge": None}
+    elif arch.family == "mask":  # Mask2Former's processor needs a long-side cap: MMSeg's ADE20K scale (2048, 512)
+        size = {"shortest_edge": base_size, "longest_edge": 4 * base_size}
+    else:
+        size = {"height": side, "width": side} if side else {"shortest_edge": base_size}
     kwargs = dict(arch.processor_kwargs)
     if arch.model_type.startswith("mobilevit"):  # rescaled to [0, 1], not normalised, as Apple trained it
         mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     return cls(size=size, image_mean=list(mean), image_std=list(std), **kwargs)
-
-
-# ---------------------------------------------------------------- export
-
-
-class ExportableAdaptiveAvgPool(torch.nn.Module):
-    """nn.AdaptiveAvgPool2d as two matrix products, which the TorchScript ONNX exporter takes with a
-    dynamic input size (it refuses adaptive_avg_pool2d unless the output is 1x1).
-
-    Bin i of n over a length L spans [floor(i L / n), ceil((i + 1) L / n)), torch's own bins; the
-    averaging matrix is built from the input's shape by tensor operations only, so the exported
-    graph computes it for any size. Exact up to float rounding (the sum order differs)."""
-
-    def __init__(self, output_size):
-        super().__init__()
-        size = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
-        self.output_size = tuple(size)
-
-    @staticmethod
-    def _matrix(positions: torch.Tensor, n: int) -> torch.Tensor:
-        length = positions[-1:] + 1  # the input's length, as a tensor (positions are 0 .. L - 1)
-        i = torch.arange(n, dtype=positions.dtype, device=positions.device)[:, None]
-        start, end = torch.floor(i * length / n), torch.ceil((i + 1) * length / n)
-        inside = ((positions[None] >= start) & (positions[None] < end)).to(positions.dtype)
-        return inside / inside.sum(1, keepdim=True)  # (n, L)
-
-    def forward(self, x):
-        rows = torch.cumsum(torch.ones_like(x[0, 0, :, 0]), 0) - 1
-        cols = torch.cumsum(torch.ones_like(x[0, 0, 0, :]), 0) - 1
-        oh, ow = self.output_size
-        out = torch.matmul(self._matrix(rows, oh), x)  # (n, c, oh, W)
-        return torch.matmul(out, self._matrix(cols, ow).transpose(0, 1))
-
-
-def make_exportable(model: torch.nn.Module) -> int:
-    """Replaces adaptive average pooling (UperNet's and BEiT's pyramid pooling, global pooling) by
-    ExportableAdaptiveAvgPool, in place; returns how many modules it replaced."""
-    import types
-
-    replaced = 0
-    for parent in list(model.modules()):
-        for child_name, child in parent.named_children():
-            # 1x1 too: the exporter takes it only where the input size is known (not in Swin-UperNet)
-            if isinstance(child, torch.nn.AdaptiveAvgPool2d):
-                new = ExportableAdaptiveAvgPool(child.output_size)
-                setattr(parent, child_name, new)
-                for value in vars(parent).values():  # UperNet's blocks also call their layers from a plain list
-                    if isinstance(value, list) and any(v is child for v in value):
-                        value[:] = [new if v is child else v for v in value]
-                replaced += 1
-        if type(parent).__name__ == "MobileViTV2Layer":
-            parent.folding = types.MethodType(_fold_patches, parent)
-            replaced += 1
-    return replaced
-
-
-def _fold_patches(layer, patches: torch.Tensor, output_size) -> torch.Tensor:
-    """MobileViTV2Layer.folding (F.fold of non-overlapping patches, which the exporter cannot write
-    as col2im) as the reshape and permutation it is where the patches tile the output."""
-    ph, pw = layer.patch_height, layer.patch_width
-    height, width = (int(v) for v in output_size)
-    if height % ph or width % pw:
-        return F.fold(patches.flatten(1, 2), output_size=(height, width), kernel_size=(ph, pw), stride=(ph, pw))
-    batch, channels = patches.shape[:2]
-    grid = patches.reshape(batch, channels, ph, pw, height // ph, width // pw)
-    return grid.permute(0, 1, 4, 2, 5, 3).reshape(batch, channels, height, width)
-

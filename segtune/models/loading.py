@@ -8,7 +8,17 @@ from pathlib import Path
 from ..data.labels import LabelSet
 from ..errors import SegtuneError
 from ..hub import check_hub
-from .architectures import MIT_CONFIGS, OFFLINE_NAMES, label_kwargs, make_processor, of_config, offline_config
+from .architectures import (
+    MIT_CONFIGS,
+    OFFLINE_NAMES,
+    auto_class,
+    check_supported,
+    label_kwargs,
+    make_processor,
+    of_config,
+    offline_config,
+)
+from .masks import original_query_init
 
 log = logging.getLogger("segtune")
 
@@ -25,7 +35,7 @@ def _label_kwargs(labels: LabelSet, ignore_index: int, config=None) -> dict:
 def load_model(name: str, labels: LabelSet, ignore_index: int = 255, trust_remote_code: bool = False):
     """An offline architecture name builds random weights; a Hub id or folder is loaded and re-headed.
     The ignore index goes to the config field the architecture's own loss reads (architectures.py)."""
-    from transformers import AutoConfig, AutoModelForSemanticSegmentation
+    from transformers import AutoConfig
 
     if name in OFFLINE_NAMES:
         log.warning(
@@ -36,13 +46,16 @@ def load_model(name: str, labels: LabelSet, ignore_index: int = 255, trust_remot
         config = offline_config(name)
         for key, value in _label_kwargs(labels, ignore_index, config).items():
             setattr(config, key, value)
-        return AutoModelForSemanticSegmentation.from_config(config)
+        model = auto_class(config).from_config(config)
+        original_query_init(model)
+        return model
     check_hub(name)
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        check_supported(config, name)
         for key, value in _label_kwargs(labels, ignore_index, config).items():
             setattr(config, key, value)  # on the config: UperNet's __init__ takes no unknown keyword
-        return AutoModelForSemanticSegmentation.from_pretrained(
+        return auto_class(config).from_pretrained(
             name,
             config=config,
             ignore_mismatched_sizes=True,  # a checkpoint with another head is re-headed
@@ -51,6 +64,18 @@ def load_model(name: str, labels: LabelSet, ignore_index: int = 255, trust_remot
     except (OSError, ValueError) as e:
         hint = f" (offline architectures: {', '.join(OFFLINE_NAMES)})" if not Path(name).exists() else ""
         raise SegtuneError(f"{name}: cannot load model: {str(e).splitlines()[0]}{hint}") from None
+
+
+def load_saved_model(model_dir: str | Path, trust_remote_code: bool = False):
+    """A saved model (folder or Hub id) through the Auto class of its family: per-pixel or mask classifier."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        check_supported(config, model_dir)
+        return auto_class(config).from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise SegtuneError(f"{model_dir}: cannot load model: {str(e).splitlines()[0]}") from None
 
 
 def load_processor(name_or_dir: str | Path):

@@ -87,8 +87,10 @@ class TrainOptions(CommonOptions, LabelOptions, SourceOptions):
     skip_bad: bool = flag("train on the good pairs, after listing the bad ones")
     num_workers: int | None = option(None, "DataLoader worker processes (= --dataloader_num_workers; default: "
                                      "half the cores, at most 4, with a GPU; 0 on CPU)")
-    recipe: Literal["segformer", "plain"] = option("segformer", "segformer: MMSegmentation's SegFormer recipe; "
-                                                   "plain: the seeds' bare Trainer defaults")
+    recipe: Literal["auto", "segformer", "mask2former", "eomt", "plain"] = option(
+        "auto", "auto: the architecture's own (segformer for per-pixel models, eomt for EoMT, mask2former for "
+        "Mask2Former and MaskFormer); segformer: MMSegmentation's SegFormer recipe; mask2former, eomt: their papers' "
+        "(docs/train.md); plain: the seeds' bare Trainer defaults")
     head_lr_mult: float = option(10.0, "decode head learning-rate multiple (segformer recipe)")
     loss: str = option("ce", "ce, dice, focal, or a weighted sum such as ce:1,dice:0.5")
     class_weights: str | None = option(None, "'auto' (from training pixel frequencies) or a file of weights "
@@ -143,5 +145,13 @@ def check_reporters(report_to) -> None:
                                f"install it (pip install {package}) or drop --report_to {name}")
 
 
-RECIPES = ("segformer", "plain")
-RECIPE_DEFAULTS = {"weight_decay": 0.01}  # TrainingArguments' default is 0
+RECIPES = ("auto", "segformer", "mask2former", "eomt", "plain")
+RECIPE_DEFAULTS = {"weight_decay": 0.01}  # the SegFormer recipe's; TrainingArguments' default is 0
+# The mask classifiers' papers: AdamW at 1e-4, weight decay 0.05; Mask2Former clips the gradient norm at 0.01
+MASK_RECIPE_DEFAULTS = {"mask2former": {"learning_rate": 1e-4, "weight_decay": 0.05, "max_grad_norm": 0.01},
+                        "eomt": {"learning_rate": 1e-4, "weight_decay": 0.05}}
+
+
+def recipe_defaults(recipe: str) -> dict:
+    """The TrainingArguments values a (resolved) recipe starts from; the user's own win over them."""
+    return RECIPE_DEFAULTS if recipe == "segformer" else MASK_RECIPE_DEFAULTS.get(recipe, {})

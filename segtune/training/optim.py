@@ -114,3 +114,53 @@ def poly_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 def default_warmup_steps(total_steps: int) -> int:
     """MMSeg's 1500 warm-up steps (of 160k), or 10% of a run shorter than 15000 steps."""
     return min(1500, round(total_steps / 10))
+
+
+# ---------------------------------------------------------------- mask classifiers' recipes
+
+BACKBONE_PREFIX = "model.pixel_level_module.encoder."  # Mask2Former's and MaskFormer's Swin
+MASK2FORMER_BACKBONE_MULT, EOMT_LAYER_DECAY = 0.1, 0.8
+
+
+def _eomt_scale(name: str, layers: int, decay: float) -> float:
+    """EoMT's layer-wise decay: block i at decay ** (L - 1 - i), the patch embedding and tokens as block 0,
+    the final norm, queries and heads at the full rate (tue-mps/eomt's configure_optimizers)."""
+    if name.startswith("layers."):
+        return decay ** (layers - 1 - int(name.split(".")[1]))
+    return decay ** (layers - 1) if name.startswith("embeddings.") else 1.0
+
+
+def mask_param_groups(model: nn.Module, lr: float, weight_decay: float, recipe: str) -> list[dict]:
+    """AdamW parameter groups of the mask classifiers' recipes: "mask2former" (Mask2Former and MaskFormer:
+    the Swin backbone at 0.1x), "eomt" (layer-wise decay 0.8 over the ViT blocks). No weight decay on norm
+    layers, embeddings (nn.Embedding: queries, level and position tables) and tokens (NO_DECAY_NAMES)."""
+    inner = getattr(model, "module", model)
+    no_decay_ids = {id(p) for m in inner.modules() if isinstance(m, NORM_TYPES + (nn.Embedding,))
+                    for p in m.parameters(recurse=False)}
+    layers = getattr(inner.config, "num_hidden_layers", 1)
+    groups: dict[tuple, list] = {}
+    for name, p in inner.named_parameters():
+        if not p.requires_grad:
+            continue
+        if recipe == "eomt":
+            scale = _eomt_scale(name, layers, EOMT_LAYER_DECAY)
+        else:
+            scale = MASK2FORMER_BACKBONE_MULT if name.startswith(BACKBONE_PREFIX) else 1.0
+        no_decay = id(p) in no_decay_ids or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
+        groups.setdefault((scale, no_decay), []).append(p)
+    return [{"name": f"lr_x{scale:.4g}_{'no_decay' if no_decay else 'decay'}", "params": params, "lr": lr * scale,
+             "weight_decay": 0.0 if no_decay else weight_decay}
+            for (scale, no_decay), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1]))]
+
+
+def eomt_mask_probability(step: int, total_steps: int, block: int, blocks: int, power: float = 0.9) -> float:
+    """EoMT's mask annealing: block i's attention-mask probability stays 1 until step (i + 1) T / (B + 2),
+    falls as (1 - progress) ** 0.9 to 0 at (i + 2) T / (B + 2) and stays 0 (B blocks, T steps): the last block
+    lets go at 5/6 of training with 4 blocks, as tue-mps/eomt's configs place it (ADE20K: 6520 ... 32600 of
+    39,120 steps)."""
+    start, end = (block + 1) * total_steps / (blocks + 2), (block + 2) * total_steps / (blocks + 2)
+    if step < start:
+        return 1.0
+    if step >= end:
+        return 0.0
+    return (1.0 - (step - start) / (end - start)) ** power

@@ -22,7 +22,7 @@ from ..hub import check_hub
 from ..inference.preprocess import ProcessorTransform
 from ..models.architectures import OFFLINE_NAMES
 from ..models.loading import load_model, training_processor
-from .arguments import RECIPE_DEFAULTS, RECIPES, TrainOptions, check_reporters, training_arguments
+from .arguments import RECIPES, TrainOptions, check_reporters, recipe_defaults, training_arguments
 from .precision import bf16_default_line
 from .trainer import InterruptCheckpoint, JsonlLogger, SegmentationTrainer, TrainDataset
 
@@ -101,14 +101,62 @@ class EarlyStopping(EarlyStoppingCallback):
             return super().on_evaluate(args, state, control, metrics, **kwargs)
 
 
+def _resolve_recipe(opts: TrainOptions) -> None:
+    """--recipe auto: the architecture's own recipe, from the model's config (an offline name's, or the
+    checkpoint's config.json)."""
+    if opts.recipe != "auto":
+        return
+    from transformers import AutoConfig
+
+    from ..models.architectures import family, offline_config
+
+    try:
+        config = (offline_config(opts.model) if opts.model in OFFLINE_NAMES
+                  else AutoConfig.from_pretrained(opts.model, trust_remote_code=opts.trust_remote_code))
+    except (OSError, ValueError) as e:
+        raise SegtuneError(f"{opts.model}: cannot load model: {str(e).splitlines()[0]}") from None
+    if family(config) == "mask":
+        opts.recipe = "eomt" if config.model_type.startswith("eomt") else "mask2former"
+    else:
+        opts.recipe = "segformer"
+
+
+def _mask_recipe(opts: TrainOptions, args: TrainingArguments, kwargs: dict, card: dict) -> None:
+    """The mask classifiers' recipes (optim.mask_param_groups): warm-up (EoMT's; Mask2Former has none), then
+    poly decay with power 0.9, as their papers."""
+    from . import optim
+
+    lr, wd, recipe = args.learning_rate, args.weight_decay, opts.recipe
+    kwargs["param_groups"] = lambda model: optim.mask_param_groups(model, lr, wd, recipe)
+    card.update(weight_decay=wd, norm_weight_decay=0.0, embedding_weight_decay=0.0)
+    card.update({"layer_lr_decay": optim.EOMT_LAYER_DECAY} if recipe == "eomt"
+                else {"backbone_lr_mult": optim.MASK2FORMER_BACKBONE_MULT})
+    if "lr_scheduler_type" not in opts.training:
+        given = opts.training.get("warmup_steps")
+        if given is not None:
+            kwargs["poly_warmup"] = lambda total: args.get_warmup_steps(total)
+        else:
+            kwargs["poly_warmup"] = optim.default_warmup_steps if recipe == "eomt" else (lambda total: 0)
+        kwargs["poly_power"] = 0.9
+        card.update(schedule="linear warm-up, then poly decay (power 0.9) to 0" if recipe == "eomt" or given
+                    else "poly decay (power 0.9) to 0, no warm-up")
+
+
 def _recipe(opts: TrainOptions, args: TrainingArguments, data: SegmentationData | StreamedData,
-            labels) -> tuple[dict, dict]:
+            labels, mask_classifier: bool = False) -> tuple[dict, dict]:
     """-> (SegmentationTrainer keyword arguments, what to record in the model card)."""
     from . import losses, optim
 
     card = {"recipe": opts.recipe, "loss": opts.loss}
     kwargs = {}
-    if opts.recipe == "segformer":
+    if mask_classifier:
+        if opts.loss.strip().lower() != "ce" or opts.class_weights:
+            raise SegtuneError(f"{opts.model}: --loss and --class-weights are for per-pixel models; a mask classifier "
+                               "trains with its own matched loss (class cross-entropy, mask BCE and dice)")
+        card["loss"] = "the model's own: Hungarian-matched class cross-entropy, mask BCE and dice, every layer"
+    if opts.recipe in ("mask2former", "eomt"):
+        _mask_recipe(opts, args, kwargs, card)
+    elif opts.recipe == "segformer":
         lr, wd, mult = args.learning_rate, args.weight_decay, opts.head_lr_mult
         kwargs["param_groups"] = lambda model: optim.param_groups(model, lr, wd, mult)
         card.update(weight_decay=wd, head_lr_mult=mult, norm_weight_decay=0.0)
@@ -120,6 +168,8 @@ def _recipe(opts: TrainOptions, args: TrainingArguments, data: SegmentationData 
     else:
         card.update(weight_decay=args.weight_decay)
     card.setdefault("schedule", f"the Trainer's {args.lr_scheduler_type.value}")  # warm-up steps: recorded as used
+    if mask_classifier:
+        return kwargs, card
     weights = None
     if opts.class_weights == "auto":
         if isinstance(data, StreamedData):
@@ -179,8 +229,8 @@ def run_training(opts: TrainOptions) -> dict:
         raise SegtuneError(f"--recipe {opts.recipe}: choose {' or '.join(RECIPES)}")
     _recipe_augment(opts)
     prepare_output_dir(opts.output_dir, opts.resume, opts.overwrite)
-    recipe_defaults = RECIPE_DEFAULTS if opts.recipe == "segformer" else {}
-    args = training_arguments(opts.output_dir, {**recipe_defaults, **opts.training},
+    _resolve_recipe(opts)
+    args = training_arguments(opts.output_dir, {**recipe_defaults(opts.recipe), **opts.training},
                               streaming=streamed)
     if args.bf16 and args.use_cpu and "bf16" not in opts.training and args.process_index == 0:
         print(bf16_default_line())
@@ -200,7 +250,9 @@ def run_training(opts: TrainOptions) -> dict:
     if channels_last:
         model.to(memory_format=torch.channels_last)
     train_set, val_set = _datasets(data, opts, processor, seed)
-    recipe_kwargs, recipe_card = _recipe(opts, args, data, labels)
+    from ..models.architectures import family
+
+    recipe_kwargs, recipe_card = _recipe(opts, args, data, labels, family(model.config) == "mask")
     hyperparameters = {
         "model": opts.model,
         "architecture": model.config.model_type,

@@ -19,6 +19,8 @@ from ..data.labels import LabelSet
 from ..data.pairs import PairDataset
 from ..evaluation.metrics import metrics_to_json
 from ..evaluation.scoring import evaluate_model
+from ..models.architectures import family
+from ..models.masks import mask_loss
 from .card import model_card
 
 log = logging.getLogger("segtune")
@@ -131,6 +133,23 @@ def loss_with_auxiliary(model, pixel_values, labels, loss):
     return value, outputs
 
 
+class MaskAnnealing(TrainerCallback):
+    """EoMT's mask annealing: before each step, each query block's attention-mask probability from its
+    schedule (optim.eomt_mask_probability), so masked attention is gone by the end of training and the
+    saved model runs without it. Stateless: a resumed run sets the probabilities from its step."""
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        from .optim import eomt_mask_probability
+
+        probs = getattr(getattr(model, "module", model), "attn_mask_probs", None)
+        if probs is None:
+            return
+        blocks = len(probs)
+        values = [eomt_mask_probability(state.global_step, state.max_steps, i, blocks) for i in range(blocks)]
+        with torch.no_grad():
+            probs.copy_(torch.tensor(values, dtype=probs.dtype))
+
+
 class SegmentationTrainer(Trainer):
     """Evaluation by streaming confusion matrix instead of stacking every logit.
 
@@ -141,10 +160,14 @@ class SegmentationTrainer(Trainer):
     """
 
     def __init__(self, *args, labels: LabelSet, ignore_index: int, card: dict, param_groups=None, poly_warmup=None,
-                 loss=None, **kwargs):
+                 poly_power: float = 1.0, loss=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.labels, self.ignore_index, self.card = labels, ignore_index, card
-        self.param_groups, self.poly_warmup, self.loss = param_groups, poly_warmup, loss
+        self.param_groups, self.poly_warmup, self.poly_power, self.loss = param_groups, poly_warmup, poly_power, loss
+        # a mask classifier learns from targets built from the labels (models/masks.py), by its own loss
+        self.mask_classifier = family(self.model.config) == "mask"
+        if hasattr(self.model, "attn_mask_probs"):
+            self.add_callback(MaskAnnealing())
         self.last_metrics: dict | None = None
         self.warmup_steps_used: int | None = None  # for the model card, whichever schedule it was
         self.epoch_sampler: EpochSampler | None = None
@@ -172,13 +195,16 @@ class SegmentationTrainer(Trainer):
             from .optim import poly_schedule
 
             warmup = min(self.poly_warmup(num_training_steps), num_training_steps - 1)
-            self.lr_scheduler = poly_schedule(optimizer or self.optimizer, warmup, num_training_steps)
+            self.lr_scheduler = poly_schedule(optimizer or self.optimizer, warmup, num_training_steps, self.poly_power)
             self.warmup_steps_used = warmup
         elif self.lr_scheduler is None:  # the Trainer's own schedule, as it computes its warm-up
             self.warmup_steps_used = self.args.get_warmup_steps(num_training_steps)
         return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.mask_classifier:
+            loss, outputs = mask_loss(model, inputs["pixel_values"], inputs["labels"], self.ignore_index)
+            return (loss, outputs) if return_outputs else loss
         if self.loss is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = loss_with_auxiliary(model, inputs["pixel_values"], inputs["labels"], self.loss)
