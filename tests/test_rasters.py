@@ -325,3 +325,18 @@ def test_a_real_landsat_scene_keeps_its_grid_and_nodata(tmp_path):
         nodata = (src.read() == 0).all(0)
         labels = dst.read(1)
     assert nodata.any() and (labels[nodata] == 255).all() and (labels[~nodata] != 255).all()
+
+
+def test_inspect_prints_band_statistics_crs_resolution_and_nodata(tmp_path, capsys):
+    from segtune.cli import main
+
+    data = make_geo_dataset(tmp_path / "data", n=4, nodata_rows=4)
+    assert main(["inspect", "--data", str(data), "--output-dir", str(tmp_path / "out"), "--bands", "4,1"]) == 0
+    report = json.loads((tmp_path / "out" / "inspect.json").read_text())["rasters"]
+    assert report["crs"] == ["EPSG:32618"] and report["resolution"] == [[10.0, 10.0]]
+    assert report["bands"] == [4, 1] and report["count"] == 4
+    assert report["nodata_share"] == pytest.approx(4 / 48, abs=1e-6)
+    band4 = report["per_band"][0]
+    assert band4["band"] == 4 and band4["min"] >= 8000 and band4["max"] < 42000 and band4["clip"] is None
+    out = capsys.readouterr().out
+    assert "CRS EPSG:32618; resolution 10 x 10; nodata 8.3%" in out and (tmp_path / "out" / "inspect.png").is_file()

@@ -67,6 +67,46 @@ class RasterSample(Sample):
         valid = self.raster().read(*window)[1]
         return self._mask(rules, window, valid)
 
+    def preview(self, rules, side: int = 1024):
+        """A window (at most side x side, from the centre) as a PIL RGB picture, each of the first three bands
+        (or the one band) stretched between its 2nd and 98th percentiles, and its class ids: inspect.png."""
+        from PIL import Image
+
+        meta = raster_meta(self.image)
+        h, w = min(side, meta.height), min(side, meta.width)
+        y0, x0 = (meta.height - h) // 2, (meta.width - w) // 2
+        image, mask = self.read(rules, (y0, y0 + h, x0, x0 + w))
+        bands = image.pixels[:3] if image.pixels.shape[0] >= 3 else image.pixels[:1].repeat(3, 0)
+        rgb = np.zeros((h, w, 3), np.uint8)
+        for c, band in enumerate(bands):
+            values = band[image.valid]
+            lo, hi = np.percentile(values, (2, 98)) if values.size else (0.0, 1.0)
+            rgb[..., c] = np.clip((band - lo) / max(hi - lo, 1e-12) * 255, 0, 255).astype(np.uint8)
+        rgb[~image.valid] = 0
+        return Image.fromarray(rgb), mask
+
+    def scan(self, rules, block: int = 1024):
+        """What checks.scan learns of a pair, a block at a time (a raster may not fit in memory):
+        (problem or None, (w, h), per-class pixel counts, ignored pixels, None). Stored-value facts for the
+        label-space checks are not gathered for rasters."""
+        try:
+            meta = raster_meta(self.image)
+            counts, ignored = np.zeros(0, np.int64), 0
+            for y in range(0, meta.height, block):
+                for x in range(0, meta.width, block):
+                    ids = self.read_mask(rules, (y, min(y + block, meta.height), x, min(x + block, meta.width)))
+                    skipped = ids == rules.ignore_index
+                    values = ids[~skipped]
+                    if values.size and values.min() < 0:
+                        return f"{self.mask_name}: mask has negative values", None, None, 0, None
+                    found = np.bincount(values.ravel())
+                    n = max(len(counts), len(found))
+                    counts = np.pad(counts, (0, n - len(counts))) + np.pad(found, (0, n - len(found)))
+                    ignored += int(skipped.sum())
+        except SegtuneError as e:
+            return str(e), None, None, 0, None
+        return None, (meta.width, meta.height), counts, ignored, None
+
     def _mask(self, rules, window, valid: np.ndarray) -> np.ndarray:
         values, missing = self.mask_raster().read(*window)
         ids = rules.apply(values, self.mask)

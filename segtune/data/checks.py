@@ -93,6 +93,8 @@ class _Recording:
 
 def _read_pair(sample, rules):
     """-> (problem or None, (w, h), per-class pixel counts, ignored pixels, label_checks.MaskFacts)."""
+    if hasattr(sample, "scan"):  # a raster of any size: read a block at a time (band_data.RasterSample)
+        return sample.scan(rules)
     recording = _Recording(rules)
     try:
         image, mask = sample.read(recording)

@@ -31,6 +31,7 @@ from .ranks import Processes
 from .vectors import VectorWriter, check_vector_path
 
 BLOCK = 256  # GeoTIFF block side
+GDAL_CACHE_MB = 128
 
 
 def _profile(meta, count: int, dtype, nodata) -> dict:
@@ -199,14 +200,17 @@ def run_raster_prediction(opts, inputs: list[str]) -> list[dict]:
             vector.unlink()  # this run's layers only
     group.barrier()
     records = []
-    for entry in images:
-        vector_file = vector
-        if vector is not None and check_vector_path(vector) == "GeoJSON" and len(images) > 1:
-            vector_file = vector.with_name(f"{vector.stem}_{entry.name}{vector.suffix}")  # GeoJSON: one layer a file
-        out = output_dir / f"{entry.name}.tif"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        records.append(predict_raster(segmenter, entry.path, out, probabilities=opts.probabilities,
-                                      vector=vector_file, group=group))
+    # GDAL caches the blocks it reads and writes up to 5% of the RAM: bounded lower, so that memory reaches
+    # its plateau within the first rasters' tiles rather than growing with a large raster
+    with rasterio_or_fail(images[0].path).Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        for entry in images:
+            vector_file = vector
+            if vector is not None and check_vector_path(vector) == "GeoJSON" and len(images) > 1:
+                vector_file = vector.with_name(f"{vector.stem}_{entry.name}{vector.suffix}")  # one layer a file
+            out = output_dir / f"{entry.name}.tif"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            records.append(predict_raster(segmenter, entry.path, out, probabilities=opts.probabilities,
+                                          vector=vector_file, group=group))
     if group.rank == 0:
         (output_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         seconds = time.perf_counter() - started
