@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,19 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import REPO, command, describe, machine, markdown_table, save_result
+from benchmarks.predict_memory import run_side  # a fresh `segtune predict` process: its peak RSS
 
 TARGET_RATIO = 1.3
-CHILD = """
-import json, resource, sys, time
-sys.path.insert(0, sys.argv[1])
-from segtune.cli import main
-start = time.perf_counter()
-code = main(["predict", sys.argv[2], "--model", sys.argv[3], "--output-dir", sys.argv[4], "--overwrite"])
-seconds = time.perf_counter() - start
-print(json.dumps({"code": code, "seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-
 def make_model(path: Path, kind: str, bands: int = 4) -> Path:
     import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessorPil
@@ -83,14 +72,6 @@ def make_raster(path: Path, side: int, bands: int = 4, block: int = 1024) -> Pat
     return path
 
 
-def run_size(raster: Path, model: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(raster), str(model), str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=7200)
-    if done.returncode != 0:
-        raise SystemExit(f"{raster.name}: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def check_output(raster: Path, out: Path) -> dict:
     import rasterio
     from rasterio.windows import Window
@@ -105,28 +86,31 @@ def check_output(raster: Path, out: Path) -> dict:
                 "output_mib": round((out / f"{raster.stem}.tif").stat().st_size / 2**20, 1)}
 
 
+def measure(args, tmp: Path) -> list[dict]:
+    """One row per size: a fresh `segtune predict` process on a raster made for it (then deleted)."""
+    model = make_model(tmp / "model", args.model)
+    rows = []
+    for side in args.sizes:
+        raster = make_raster(tmp / f"scene{side}.tif", side)
+        result = run_side(REPO, raster, model, tmp / f"out{side}")
+        rows.append({"side": side, "megapixels": round(side * side / 1e6, 1), "model": args.model,
+                     "peak_rss_mib": round(result["peak_rss_mib"]), "seconds": round(result["seconds"], 1),
+                     "megapixels_per_s": round(side * side / 1e6 / result["seconds"], 2),
+                     **check_output(raster, tmp / f"out{side}")})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+        raster.unlink()
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 16000])
     parser.add_argument("--model", choices=["tiny", "mit-b0"], default="tiny")
     parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    info = machine()
+    args, started, info = parser.parse_args(argv), time.perf_counter(), machine()
     print(f"machine: {describe(info)}", file=sys.stderr)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        model = make_model(tmp / "model", args.model)
-        for side in args.sizes:
-            raster = make_raster(tmp / f"scene{side}.tif", side)
-            result = run_size(raster, model, tmp / f"out{side}")
-            rows.append({"side": side, "megapixels": round(side * side / 1e6, 1), "model": args.model,
-                         "peak_rss_mib": round(result["peak_rss_mib"]), "seconds": round(result["seconds"], 1),
-                         "megapixels_per_s": round(side * side / 1e6 / result["seconds"], 2),
-                         **check_output(raster, tmp / f"out{side}")})
-            print(json.dumps(rows[-1]), file=sys.stderr)
-            raster.unlink()
+        rows = measure(args, Path(tmp))
     table = markdown_table(rows)
     print(table)
     small, large = min(rows, key=lambda r: r["side"]), max(rows, key=lambda r: r["side"])

@@ -66,7 +66,8 @@ def _window_counts(segmenter: BandSegmenter, raster, boxes) -> list[int]:
 def predict_raster(segmenter: BandSegmenter, path: Path, out: Path, *, probabilities: bool = False,
                    vector: Path | None = None, progress: bool = True, group: Processes | None = None) -> dict:
     """Writes `out` (and its probabilities, and the vector layer); returns the predictions.jsonl record."""
-    from rasterio.windows import Window, transform as window_transform
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
     from tqdm.auto import tqdm
 
     rasterio = rasterio_or_fail(path)
