@@ -340,3 +340,34 @@ def test_inspect_prints_band_statistics_crs_resolution_and_nodata(tmp_path, caps
     assert band4["band"] == 4 and band4["min"] >= 8000 and band4["max"] < 42000 and band4["clip"] is None
     out = capsys.readouterr().out
     assert "CRS EPSG:32618; resolution 10 x 10; nodata 8.3%" in out and (tmp_path / "out" / "inspect.png").is_file()
+
+
+def test_torchrun_splits_the_tiles_and_writes_the_single_process_geotiff(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import rasterio
+
+    from segtune.cli import main
+
+    image, _ = signal_pair(5, size=(60, 1030), nodata_rows=3)  # two 1024-pixel tiles side by side
+    src = write_geotiff(tmp_path / "wide.tif", image, nodata=0)
+    model = band_model(tmp_path / "model")
+    args = ["predict", "--model", str(model), str(src), "--probabilities", "--device", "cpu"]
+    assert main([*args, "--output-dir", str(tmp_path / "single")]) == 0
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "segtune", *args, "--output-dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for name in ("wide.tif", "wide_probabilities.tif"):
+        with rasterio.open(tmp_path / "single" / name) as one, rasterio.open(tmp_path / "two" / name) as two:
+            assert (one.crs, one.transform, one.nodata) == (two.crs, two.transform, two.nodata)
+            np.testing.assert_array_equal(one.read(), two.read())
+    assert not list((tmp_path / "two").glob("*.partial"))  # the parts, merged and removed
+    assert json.loads((tmp_path / "two" / "predict.json").read_text())["processes"] == 2
+    single, both = ((tmp_path / d / "predictions.jsonl").read_text() for d in ("single", "two"))
+    assert json.loads(single)["class_share"] == json.loads(both)["class_share"]
