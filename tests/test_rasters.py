@@ -371,3 +371,23 @@ def test_torchrun_splits_the_tiles_and_writes_the_single_process_geotiff(tmp_pat
     assert json.loads((tmp_path / "two" / "predict.json").read_text())["processes"] == 2
     single, both = ((tmp_path / d / "predictions.jsonl").read_text() for d in ("single", "two"))
     assert json.loads(single)["class_share"] == json.loads(both)["class_share"]
+
+
+def test_export_and_predict_a_four_band_model_with_onnx_runtime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import rasterio
+
+    from segtune.cli import main
+
+    model = band_model(tmp_path / "model")
+    assert main(["export", "--model", str(model), "--output-dir", str(tmp_path / "onnx")]) == 0
+    report = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    assert report["passed"] and report["input"]["shape"][1] == 4 and report["check"]["equal_pixels"] > 0.9999
+    image, _ = signal_pair(2, size=(50, 70), nodata_rows=2)
+    src = write_geotiff(tmp_path / "scene.tif", image, nodata=0)
+    for name, source in (("torch", model), ("onnx", tmp_path / "onnx")):
+        assert main(["predict", "--model", str(source), str(src), "--output-dir", str(tmp_path / f"pred-{name}")]) == 0
+    with rasterio.open(tmp_path / "pred-torch" / "scene.tif") as a, rasterio.open(tmp_path / "pred-onnx" / "scene.tif") as b:
+        assert a.crs == b.crs and a.transform == b.transform
+        assert (a.read() == b.read()).mean() > 0.999
+    assert json.loads((tmp_path / "pred-onnx" / "predict.json").read_text())["runtime"] == "onnxruntime"

@@ -97,7 +97,7 @@ def evaluate_rasters(opts, labels) -> Evaluation:
     from .scoring import evaluate_model
 
     segmenter = BandSegmenter.from_pretrained(opts.model, trust_remote_code=opts.trust_remote_code, dtype=opts.dtype,
-                                              batch_size=opts.batch_size)
+                                              runtime=opts.runtime, threads=opts.threads, batch_size=opts.batch_size)
     settings = segmenter.settings
     labels = labels or segmenter.labels
     data, labels, selection = load_scored_data(opts, _run_folder(opts.model), labels, bands=settings["bands"])
@@ -105,14 +105,15 @@ def evaluate_rasters(opts, labels) -> Evaluation:
         raise SegtuneError(f"{data.val[0].image}: {data.band_layout.count} bands, but {opts.model} was trained on "
                            f"files of {settings['count']}")
     dataset = RasterEvalDataset(data.val, data.rules, settings)
-    cm = evaluate_model(segmenter.runner.model, dataset, len(labels), data.ignore_index, opts.batch_size)
+    model = getattr(segmenter.runner, "model", None) or segmenter.runner  # torch, or an exported model
+    cm = evaluate_model(model, dataset, len(labels), data.ignore_index, opts.batch_size)
     return _finish(opts, cm, labels, data, selection, data.val, None, [])
 
 
 def band_model(model) -> bool:
     from ..inference.bands import band_settings
 
-    return not str(model).lower().endswith(".onnx") and band_settings(model) is not None
+    return band_settings(_run_folder(model)) is not None  # a model folder, or an export folder or its model.onnx
 
 
 def _finish(opts, cm, labels, data, selection, samples, scores, failed) -> Evaluation:

@@ -32,6 +32,7 @@ import torch
 from ..errors import SegtuneError
 from ..inference.onnx_runners import (INPUT_NAME, META_CONFIG, META_FAST, META_LABELS, META_PROCESSOR, ONNX_FILE,
                                       OUTPUT_NAME, require)
+from ..inference.bands import band_settings
 from ..inference.preprocess import FastPreprocess
 
 log = logging.getLogger("segtune")
@@ -298,15 +299,16 @@ def run_export(opts) -> dict:
                                           trust_remote_code=opts.trust_remote_code, mode="whole", tta=True,
                                           scales=CHECK_RATIOS, flip=False, num_workers=0)
     model, processor, labels = reference.model, reference.processor, reference.labels
-    source, images, ignore_index = check_images(opts.check_data, opts.check_images, opts) if opts.check_images \
-        else (None, [], None)
+    bands = band_settings(processor)  # a multi-band model: N input channels, checked on rasters (bands.py)
+    source, images, ignore_index = check_images(opts.check_data, opts.check_images, opts) \
+        if opts.check_images and bands is None else (None, [], None)
 
     exported = copy.deepcopy(model).float().eval()
     folded = bool(opts.fold_head) and fold_segformer_head(exported)
     make_exportable(exported)  # pyramid pooling (UperNet, BEiT) as an exportable computation
     fixed = input_size(model.config)  # the one size such a model takes (its processor resizes to it)
     side = fixed or min(training_scale(processor) or 512, 1024)
-    sample = torch.rand(1, 3, side, side)
+    sample = torch.rand(1, len(bands["mean"]) if bands else 3, side, side)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{ONNX_FILE}.partial"
     try:
@@ -327,12 +329,18 @@ def run_export(opts) -> dict:
     result = {
         "passed": None, "model": str(opts.model), "onnx": str(out / ONNX_FILE), "opset": opts.opset,
         "exporter": exporter, "folded_head": folded,
-        "input": {"name": INPUT_NAME, "shape": ["batch", 3, fixed or "height", fixed or "width"], "dtype": "float32"},
+        "input": {"name": INPUT_NAME, "shape": ["batch", sample.shape[1], fixed or "height", fixed or "width"],
+                  "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(labels), "logits_height", "logits_width"]},
         "export_input_size": list(sample.shape), "classes": len(labels),
         "torch": torch.__version__, "seconds_export": round(exported_seconds, 3), "check": None,
     }
-    if opts.check_images:
+    if opts.check_images and bands is not None:
+        from .bands import run_band_check
+
+        result["check"] = run_band_check(reference, out, opts)
+        result["passed"] = not result["check"]["failures"]
+    elif opts.check_images:
         import onnxruntime
 
         result["onnxruntime"] = onnxruntime.__version__

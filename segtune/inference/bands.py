@@ -94,17 +94,23 @@ class BandSegmenter:
         self.label_dtype, self.nodata = label_nodata(len(labels))
 
     @classmethod
-    def from_pretrained(cls, model_dir, device: str = "auto", dtype=None, trust_remote_code: bool = False, **options):
-        """A band model folder, loaded as a Segmenter loads any model folder (its model and labels)."""
+    def from_pretrained(cls, model_dir, device: str = "auto", dtype=None, trust_remote_code: bool = False,
+                        runtime: str = "auto", threads: int | None = None, **options):
+        """A band model folder, or its export (`segtune export`: run by ONNX Runtime or OpenVINO), loaded as a
+        Segmenter loads any model (its runner and labels)."""
         from .segmenter import Segmenter
 
-        settings = band_settings(model_dir)
+        from .onnx_runners import onnx_path
+
+        exported = onnx_path(model_dir)
+        settings = band_settings(exported.parent if exported is not None else model_dir)
         if settings is None:
             raise SegtuneError(f"{model_dir}: not a multi-band model (its preprocessor_config.json has no "
                                f"{SETTINGS_KEY})")
         loaded = Segmenter.from_pretrained(model_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                                           runtime="torch", mode="whole", fold_head=False, channels_last=False)
-        return cls(loaded.model, settings, loaded.labels, **options)
+                                           runtime=runtime, threads=threads, mode="whole", fold_head=False,
+                                           channels_last=False)
+        return cls(loaded.runner, settings, loaded.labels, **options)
 
     @property
     def device(self) -> torch.device:

@@ -190,7 +190,8 @@ def run_raster_prediction(opts, inputs: list[str]) -> list[dict]:
     if vector is not None:
         check_vector_path(vector)
     segmenter = BandSegmenter.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype,
-                                              trust_remote_code=opts.trust_remote_code, crop_size=opts.crop_size,
+                                              trust_remote_code=opts.trust_remote_code, runtime=opts.runtime,
+                                              threads=opts.threads, crop_size=opts.crop_size,
                                               stride=opts.stride, batch_size=opts.batch_size)
     for entry in images:  # every header first: a bad file stops the run before anything is written
         check_raster_input(entry.path, segmenter.settings)
@@ -216,7 +217,8 @@ def run_raster_prediction(opts, inputs: list[str]) -> list[dict]:
         (output_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         seconds = time.perf_counter() - started
         summary = {"images": len(records), "segmented": len(records), "failed": [], "model": str(opts.model),
-                   "runtime": "torch", "mode": "slide", "bands": segmenter.settings["bands"],
+                   "runtime": getattr(segmenter.runner, "runtime", "torch"), "mode": "slide",
+                   "bands": segmenter.settings["bands"],
                    "crop_size": segmenter.crop_size, "stride": segmenter.stride, "tile": segmenter.tile,
                    "processes": group.size, "device": str(segmenter.device), "seconds": round(seconds, 3)}
         (output_dir / "predict.json").write_text(json.dumps(summary, indent=2) + "\n")

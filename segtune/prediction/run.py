@@ -306,7 +306,8 @@ def run_prediction(opts, inputs: list[str]) -> list[dict]:
     """`segtune predict`: `opts` a segtune.options.PredictOptions, `inputs` files, folders or glob patterns."""
     from ..inference.bands import band_settings
 
-    if band_settings(opts.model) is not None:  # a multi-band model: rasters in, GeoTIFFs out (rasters.py)
+    model_dir = Path(opts.model).parent if str(opts.model).lower().endswith(".onnx") else opts.model
+    if band_settings(model_dir) is not None:  # a multi-band model: rasters in, GeoTIFFs out (rasters.py)
         from .rasters import run_raster_prediction
 
         check_output_dir(Path(opts.output_dir), opts.overwrite)
