@@ -1,6 +1,7 @@
 """Multi-band, 16-bit and georeferenced imagery: reading, per-band statistics, N-channel models, tiled
 prediction into GeoTIFFs, nodata, and the bad-input lines (docs/imagery.md)."""
 
+import io
 import json
 import re
 
@@ -391,3 +392,35 @@ def test_export_and_predict_a_four_band_model_with_onnx_runtime(tmp_path):
         assert a.crs == b.crs and a.transform == b.transform
         assert (a.read() == b.read()).mean() > 0.999
     assert json.loads((tmp_path / "pred-onnx" / "predict.json").read_text())["runtime"] == "onnxruntime"
+
+
+def test_serve_takes_tiff_uploads_of_the_models_band_count(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from segtune.inference.bands import BandSegmenter
+    from segtune.options import ServeOptions
+    from segtune.serve import create_app, load_segmenter
+
+    model = band_model(tmp_path / "model")
+    serving = load_segmenter(ServeOptions(model=str(model), device="cpu"))
+    image, _ = signal_pair(4, size=(40, 56), nodata_rows=2)
+    four = write_geotiff(tmp_path / "four.tif", image, nodata=0).read_bytes()
+    three = write_geotiff(tmp_path / "three.tif", image[:3], nodata=0).read_bytes()
+    want = BandSegmenter.from_pretrained(model)(image.astype(np.float32))
+    with TestClient(create_app(serving, max_megapixels=0.0024), raise_server_exceptions=False) as client:
+        answer = client.post("/v1/segment", content=four, headers={"Content-Type": "image/tiff"})
+        assert answer.status_code == 200
+        np.testing.assert_array_equal(np.array(Image.open(io.BytesIO(answer.content))), want)
+        shares = client.post("/v1/segment?format=json", content=four, headers={"Content-Type": "image/tiff"}).json()
+        assert shares["width"] == 56 and {c["name"] for c in shares["classes"]} <= {"background", "building", "255"}
+        overlay = client.post("/v1/segment?format=overlay", content=four, headers={"Content-Type": "image/tiff"})
+        assert overlay.status_code == 200 and Image.open(io.BytesIO(overlay.content)).size == (56, 40)
+        wrong = client.post("/v1/segment", content=three, headers={"Content-Type": "image/tiff"})
+        assert wrong.status_code == 422
+        assert wrong.json() == {"error": "the upload has 3 band(s); the model takes images of 4 (bands 1,2,3,4)"}
+        mode = client.post("/v1/segment?mode=whole", content=four, headers={"Content-Type": "image/tiff"})
+        assert mode.status_code == 422 and "do not apply to a multi-band model" in mode.json()["error"]
+        big = write_geotiff(tmp_path / "big.tif", np.zeros((4, 50, 50), np.uint16)).read_bytes()
+        assert client.post("/v1/segment", content=big, headers={"Content-Type": "image/tiff"}).status_code == 413

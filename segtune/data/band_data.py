@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import SegtuneError
 from .pairs import Sample
-from .rasters import MaskRaster, Raster, RasterMeta, check_image_meta, check_mask_meta, is_tiff, raster_meta
+from .rasters import (MaskRaster, Raster, RasterMeta, check_image_meta, check_mask_meta, is_tiff, raster_meta,
+                      stretched_rgb)
 
 
 @dataclass
@@ -70,20 +71,11 @@ class RasterSample(Sample):
     def preview(self, rules, side: int = 1024):
         """A window (at most side x side, from the centre) as a PIL RGB picture, each of the first three bands
         (or the one band) stretched between its 2nd and 98th percentiles, and its class ids: inspect.png."""
-        from PIL import Image
-
         meta = raster_meta(self.image)
         h, w = min(side, meta.height), min(side, meta.width)
         y0, x0 = (meta.height - h) // 2, (meta.width - w) // 2
         image, mask = self.read(rules, (y0, y0 + h, x0, x0 + w))
-        bands = image.pixels[:3] if image.pixels.shape[0] >= 3 else image.pixels[:1].repeat(3, 0)
-        rgb = np.zeros((h, w, 3), np.uint8)
-        for c, band in enumerate(bands):
-            values = band[image.valid]
-            lo, hi = np.percentile(values, (2, 98)) if values.size else (0.0, 1.0)
-            rgb[..., c] = np.clip((band - lo) / max(hi - lo, 1e-12) * 255, 0, 255).astype(np.uint8)
-        rgb[~image.valid] = 0
-        return Image.fromarray(rgb), mask
+        return stretched_rgb(image.pixels, image.valid), mask
 
     def scan(self, rules, block: int = 1024):
         """What checks.scan learns of a pair, a block at a time (a raster may not fit in memory):

@@ -238,3 +238,18 @@ class MaskRaster:
         nodata = self.meta.nodata
         missing = values == int(nodata) if nodata is not None and not np.isnan(nodata) else np.zeros(values.shape, bool)
         return values, missing
+
+
+def stretched_rgb(pixels: np.ndarray, valid: np.ndarray):
+    """A PIL RGB picture of (C, h, w) band values: the first three bands (or the one band), each stretched
+    between its 2nd and 98th percentiles over the valid pixels; nodata black. For inspect.png and overlays."""
+    from PIL import Image
+
+    bands = pixels[:3] if pixels.shape[0] >= 3 else pixels[:1].repeat(3, 0)
+    rgb = np.zeros((*valid.shape, 3), np.uint8)
+    for c, band in enumerate(bands):
+        values = band[valid]
+        lo, hi = np.percentile(values, (2, 98)) if values.size else (0.0, 1.0)
+        rgb[..., c] = np.clip((band - lo) / max(hi - lo, 1e-12) * 255, 0, 255).astype(np.uint8)
+    rgb[~valid] = 0
+    return Image.fromarray(rgb)
