@@ -109,6 +109,12 @@ def test_band_statistics_are_exact_and_clip_long_tails_only():
     clipped = np.clip(tailed[0][valid].astype(np.float64), lo, hi)
     assert stats["mean"][1] == pytest.approx(clipped.mean(), rel=1e-9)
     assert stats["valid_pixels"] == [190 * 200] * 2
+    # other pixel types: exact sums, percentiles from a seeded sample of at most SAMPLE_SIZE values
+    floats = BandAccumulator(1, "float32")
+    reflectance = rng.normal(0.2, 0.05, (1, 300, 300)).astype(np.float32)
+    floats.add(reflectance, np.ones((300, 300), bool))
+    result = floats.result()
+    assert result["clip"] == [None] and result["mean"][0] == pytest.approx(reflectance.mean(dtype=np.float64), rel=1e-9)
     # the preprocessing applies exactly these numbers
     pre = BandPreprocess(stats)(half[:, :2, :3].copy(), np.ones((2, 3), bool))
     expected = (np.clip(half[1, :2, :3], lo, hi) - np.float32(stats["mean"][1])) / np.float32(stats["std"][1])
@@ -424,3 +430,26 @@ def test_serve_takes_tiff_uploads_of_the_models_band_count(tmp_path):
         assert mode.status_code == 422 and "do not apply to a multi-band model" in mode.json()["error"]
         big = write_geotiff(tmp_path / "big.tif", np.zeros((4, 50, 50), np.uint16)).read_bytes()
         assert client.post("/v1/segment", content=big, headers={"Content-Type": "image/tiff"}).status_code == 413
+
+
+def test_16_bit_grey_pngs_train_and_predict_as_one_band(tmp_path, tiny_model_dir):
+    import rasterio
+    from PIL import Image
+
+    import segtune
+
+    for i in range(5):  # one 16-bit band (values 8000..42000): the class is the brightness
+        image, mask = signal_pair(i, size=(40, 48), bands=1, signal_band=1)
+        (tmp_path / "data" / "images").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "annotations").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0]).save(tmp_path / "data" / "images" / f"cell{i}.png")
+        Image.fromarray(mask, mode="L").save(tmp_path / "data" / "annotations" / f"cell{i}.png")
+    run = _train(tmp_path / "data", tiny_model_dir, tmp_path / "run", bands="1")
+    settings = json.loads((tmp_path / "run" / "preprocessor_config.json").read_text())["segtune_bands"]
+    assert settings["dtype"] == "uint16" and settings["bands"] == [1] and settings["max"][0] > 40000
+    assert run.metrics["mean_iou"] > 0.8
+    out = tmp_path / "pred"
+    assert segtune.predict(model=str(tmp_path / "run"), inputs=[str(tmp_path / "data" / "images" / "cell0.png")],
+                           output_dir=str(out))
+    with rasterio.open(out / "cell0.tif") as dst:
+        assert (dst.width, dst.height, dst.count) == (48, 40, 1) and dst.crs is None

@@ -224,6 +224,8 @@ def load_checked_data(data_path, opts, *, val_split: float, seed: int, labels: L
     data = load_data(data_path, val_split=val_split, seed=seed, **(source_kwargs or {}))
     apply_label_options(data, opts)
     if isinstance(data, StreamedData):
+        if bands:
+            raise SegtuneError(f"{data_path}: multi-band data (--bands) is read from raster files, not streamed")
         if choose is not None:
             raise SegtuneError(f"{data_path}: a streamed dataset cannot be scored here; drop streaming")
         labels = labels or data.labels

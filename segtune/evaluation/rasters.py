@@ -13,7 +13,7 @@ import torch
 
 from .metrics import ConfusionMatrix
 
-WHOLE_SCORES_MAX = 64_000_000  # per-image scores (the report's gallery) for rasters up to this many pixels
+WHOLE_SCORES_MAX = 16_000_000  # per-image scores (the report's gallery) for rasters up to this many pixels
 
 
 class RasterEvalDataset:

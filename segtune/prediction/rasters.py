@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -204,7 +205,10 @@ def run_raster_prediction(opts, inputs: list[str]) -> list[dict]:
     records = []
     # GDAL caches the blocks it reads and writes up to 5% of the RAM: bounded lower, so that memory reaches
     # its plateau within the first rasters' tiles rather than growing with a large raster
-    with rasterio_or_fail(images[0].path).Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with rasterio_or_fail(images[0].path).Env(GDAL_CACHEMAX=GDAL_CACHE_MB), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a PNG in, a GeoTIFF without a grid out: as meant
         for entry in images:
             vector_file = vector
             if vector is not None and check_vector_path(vector) == "GeoJSON" and len(images) > 1:
