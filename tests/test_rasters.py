@@ -143,6 +143,27 @@ def test_adapted_first_layer_holds_the_rgb_kernels_on_the_rgb_bands():
     assert model(pixel_values=torch.zeros(1, 5, 32, 32)).logits.shape[1] == 2
 
 
+@pytest.mark.parametrize("kind", ["segformer", "upernet-convnext", "upernet-swin", "dpt", "beit", "mobilevit",
+                                  "mobilenet_v2"])
+def test_every_architecture_takes_n_channels_and_reloads_with_them(kind, tmp_path):
+    from transformers import AutoModelForSemanticSegmentation
+
+    from segtune.models.architectures import input_size
+    from segtune.models.channels import with_channels
+
+    from .arch_tiny import tiny_config
+
+    torch.manual_seed(0)
+    model = AutoModelForSemanticSegmentation.from_config(tiny_config(kind))
+    with_channels(model, 6, [2, 1, 0])
+    model.save_pretrained(tmp_path)
+    again = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
+    side = input_size(again.config) or 64
+    x = torch.rand(1, 6, side, side)
+    with torch.no_grad():
+        torch.testing.assert_close(again(pixel_values=x).logits, model.eval()(pixel_values=x).logits)
+
+
 def test_an_architecture_that_cannot_take_n_channels_says_so():
     from segtune.models.channels import with_channels
 
@@ -176,6 +197,8 @@ def test_a_four_band_model_learns_from_the_fourth_band(tmp_path, tiny_model_dir)
     saved = json.loads((tmp_path / "run" / "preprocessor_config.json").read_text())
     assert saved["segtune_bands"]["bands"] == [1, 2, 3, 4] and len(saved["image_mean"]) == 4
     assert json.loads((tmp_path / "run" / "config.json").read_text())["num_channels"] == 4
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "band_clip" in card and "[1, 2, 3, 4]" in card  # the model card records the bands
 
     import segtune
 

@@ -69,3 +69,12 @@ def band_datasets(data, opts, processor):
     settings = getattr(processor, SETTINGS_KEY)
     return (BandTrainDataset(data.train, data.rules, settings, opts.augment, data.ignore_index),
             RasterEvalDataset(data.val, data.rules, settings))
+
+
+def card_fields(processor) -> dict:
+    """The band settings the model card records (none for an RGB model)."""
+    settings = getattr(processor, SETTINGS_KEY, None)
+    if settings is None:
+        return {}
+    return {"bands": settings["bands"], "rgb_bands": settings.get("rgb_bands"), "band_dtype": settings["dtype"],
+            "band_clip": settings["clip"], "nodata": settings["nodata"]}

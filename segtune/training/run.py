@@ -209,6 +209,8 @@ def run_training(opts: TrainOptions) -> dict:
     channels_last = args.device.type == "cuda"  # faster convolutions on a GPU, above all in bf16
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    from .band_setup import card_fields
+
     train_set, val_set = _datasets(data, opts, processor, seed)
     recipe_kwargs, recipe_card = _recipe(opts, args, data, labels)
     hyperparameters = {
@@ -231,6 +233,7 @@ def run_training(opts: TrainOptions) -> dict:
         "ignore_index": data.ignore_index,
         **{k: v for k, v in vars(opts.augment).items()},
         **recipe_card,
+        **card_fields(processor),  # multi-band rasters: the bands and their clips
     }
     interrupt = InterruptCheckpoint()
     callbacks = [JsonlLogger(opts.output_dir / "log.jsonl"), *opts.callbacks, interrupt]
