@@ -85,6 +85,23 @@ def test_an_rgb_photo_dataset_keeps_the_rgb_path(tmp_path):
     assert wants_bands([tif], None)  # georeferenced, 4 bands, 16-bit
 
 
+def test_without_rasterio_plain_tiffs_keep_the_rgb_path_and_others_name_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    from PIL import Image
+
+    from segtune.data.band_data import wants_bands
+    from segtune.data.pairs import Sample
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rasterio" else real(name, *a))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.tif")
+    assert not wants_bands([Sample(tmp_path / "rgb.tif", None)], None)
+    geo = write_geotiff(tmp_path / "geo.tif", signal_pair(0)[0])
+    with pytest.raises(SegtuneError, match=r"geo.tif: a raster Pillow cannot read: .*pip install 'segtune\[geo\]'"):
+        wants_bands([Sample(geo, None)], None)
+
+
 # ---------------------------------------------------------------- statistics
 
 

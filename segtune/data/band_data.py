@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import SegtuneError
 from .pairs import Sample
-from .rasters import (MaskRaster, Raster, RasterMeta, check_image_meta, check_mask_meta, is_tiff, raster_meta,
-                      stretched_rgb)
+from .rasters import (GEO_HINT, MaskRaster, Raster, RasterMeta, check_image_meta, check_mask_meta, is_tiff,
+                      raster_meta, stretched_rgb)
 
 
 @dataclass
@@ -112,6 +112,18 @@ def wants_bands(samples: list, bands) -> bool:
         return True
     if not samples or not hasattr(samples[0], "image") or not is_tiff(samples[0].image):
         return False
+    import importlib.util
+
+    if importlib.util.find_spec("rasterio") is None:  # the base install: TIFFs Pillow reads keep the RGB path
+        from PIL import Image
+
+        try:
+            with Image.open(samples[0].image) as img:
+                img.load()
+            return False
+        except Exception:  # noqa: BLE001 - whatever Pillow refuses (many bands, 16-bit RGB ...): rasterio reads it
+            raise SegtuneError(f"{samples[0].image}: a raster Pillow cannot read: reading it needs rasterio: "
+                               f"{GEO_HINT}") from None
     meta = raster_meta(samples[0].image)
     return meta.georeferenced or meta.count > 4 or meta.dtype != "uint8"
 
