@@ -82,7 +82,8 @@ def check_output(raster: Path, out: Path) -> dict:
         corner = dst.read(1, window=Window(0, 0, 200, 200))
         return {"same_grid": bool(same), "tiled": bool(dst.profile.get("tiled")),
                 "compression": dst.compression.name if dst.compression else None,
-                "nodata_margin_kept": bool((corner[:, :100] == dst.nodata).all() and (corner[:, 100:] != dst.nodata).all()),
+                "nodata_margin_kept": bool((corner[:, :100] == dst.nodata).all()
+                                           and (corner[:, 100:] != dst.nodata).all()),
                 "output_mib": round((out / f"{raster.stem}.tif").stat().st_size / 2**20, 1)}
 
 

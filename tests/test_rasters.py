@@ -236,7 +236,8 @@ def test_training_windows_are_seeded_and_ignore_nodata(tmp_path):
     assert len(dataset) == 3 * 3  # windows an epoch: the tiles of 32 covering 80 x 96
     items = [dataset[k] for k in range(2 * len(dataset))]
     again = dataset[5]
-    assert torch.equal(again["pixel_values"], items[5]["pixel_values"]) and torch.equal(again["labels"], items[5]["labels"])
+    assert torch.equal(again["pixel_values"], items[5]["pixel_values"])
+    assert torch.equal(again["labels"], items[5]["labels"])
     for item in items:
         assert item["pixel_values"].shape == (4, 32, 32) and item["labels"].shape == (32, 32)
         nodata = (item["pixel_values"] == 0).all(0)
@@ -434,7 +435,8 @@ def test_export_and_predict_a_four_band_model_with_onnx_runtime(tmp_path):
     src = write_geotiff(tmp_path / "scene.tif", image, nodata=0)
     for name, source in (("torch", model), ("onnx", tmp_path / "onnx")):
         assert main(["predict", "--model", str(source), str(src), "--output-dir", str(tmp_path / f"pred-{name}")]) == 0
-    with rasterio.open(tmp_path / "pred-torch" / "scene.tif") as a, rasterio.open(tmp_path / "pred-onnx" / "scene.tif") as b:
+    with rasterio.open(tmp_path / "pred-torch" / "scene.tif") as a, \
+            rasterio.open(tmp_path / "pred-onnx" / "scene.tif") as b:
         assert a.crs == b.crs and a.transform == b.transform
         assert (a.read() == b.read()).mean() > 0.999
     assert json.loads((tmp_path / "pred-onnx" / "predict.json").read_text())["runtime"] == "onnxruntime"

@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import SegtuneError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
-DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")  # read as float32 exactly (float64 rounds)
+# read as float32: exact up to 2^24 (every 8- and 16-bit value); larger 32-bit integers and float64 round
+DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 GEO_HINT = "pip install 'segtune[geo]' (rasterio)"
 PIL_MODES = {"L": (1, "uint8"), "I;16": (1, "uint16"), "I;16L": (1, "uint16"), "I;16B": (1, "uint16"),
              "I;16N": (1, "uint16"), "I": (1, "int32"), "F": (1, "float32"), "RGB": (3, "uint8"),
@@ -177,7 +178,8 @@ class Raster:
             try:
                 values = self._dataset().read(self.bands, window=Window(x0, y0, x1 - x0, y1 - y0), out_dtype="float32")
             except Exception as e:  # rasterio's errors: a truncated or corrupt block
-                raise SegtuneError(f"{self.path}: cannot read window rows {y0}..{y1} ({str(e).splitlines()[0]})") from None
+                first = str(e).splitlines()[0]
+                raise SegtuneError(f"{self.path}: cannot read window rows {y0}..{y1} ({first})") from None
         else:
             values = self._whole()[:, y0:y1, x0:x1]
         return values, valid_pixels(values, self.meta.nodata)
