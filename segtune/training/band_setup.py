@@ -58,6 +58,9 @@ def for_bands(opts, data, model, processor, progress: bool = True):
     with_channels(model, len(layout.bands), positions, pretrained=opts.model not in OFFLINE_NAMES)
     settings = band_settings_for(data, opts, progress)
     processor.do_resize = False  # rasters are segmented at their own resolution, a window at a time
+    # the window, not a resize target: a fixed-size model's square is its window (crop_size), so the processor
+    # names no fixed size that the Segmenter loading the model would resize to
+    processor.size = {"shortest_edge": int(opts.augment.crop_size)}
     processor.do_rescale = False  # the per-band mean/std are in the stored values' units
     processor.do_normalize = True
     processor.image_mean, processor.image_std = list(settings["mean"]), list(settings["std"])
