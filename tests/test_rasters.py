@@ -495,3 +495,19 @@ def test_16_bit_grey_pngs_train_and_predict_as_one_band(tmp_path, tiny_model_dir
                            output_dir=str(out))
     with rasterio.open(out / "cell0.tif") as dst:
         assert (dst.width, dst.height, dst.count) == (48, 40, 1) and dst.crs is None
+
+
+def test_a_fixed_size_architecture_trains_and_predicts_on_rasters(tmp_path):
+    import rasterio
+
+    from segtune.cli import main
+
+    from .arch_tiny import save_tiny
+
+    data = make_geo_dataset(tmp_path / "data", n=3)
+    model = save_tiny(tmp_path / "beit", "beit")  # takes 32 x 32 inputs only: its window
+    _train(data, model, tmp_path / "run", steps=2)
+    assert main(["predict", "--model", str(tmp_path / "run"), str(data / "images" / "tile_00.tif"),
+                 "--output-dir", str(tmp_path / "out")]) == 0
+    with rasterio.open(tmp_path / "out" / "tile_00.tif") as dst:
+        assert (dst.width, dst.height) == (64, 48) and set(np.unique(dst.read(1))) <= {0, 1}
