@@ -82,8 +82,7 @@ def predict_raster(segmenter: BandSegmenter, path: Path, out: Path, *, probabili
     outputs = {"labels": out}
     if probabilities:
         outputs["probabilities"] = out.with_name(out.stem + "_probabilities.tif")
-    parts = {key: (p.with_name(p.name + f".rank{group.rank}.partial") if several else p.with_name(p.name + ".partial"))
-             for key, p in outputs.items()}
+    parts = {key: _partial(p, group.rank if several else None) for key, p in outputs.items()}
     profiles = {"labels": _profile(meta, 1, segmenter.label_dtype, segmenter.nodata),
                 "probabilities": _profile(meta, len(names), np.uint8, None)}
     counts = np.zeros(len(names), np.int64)
@@ -109,9 +108,9 @@ def predict_raster(segmenter: BandSegmenter, path: Path, out: Path, *, probabili
     if several:  # rank 0 gathers every rank's tiles into the one file
         counts = _merge_parts(group, outputs, profiles, boxes, counts)
     if group.rank == 0:
-        for key, target in outputs.items():
-            _describe(parts[key] if not several else target.with_name(target.name + ".partial"), key, segmenter)
-            os.replace(parts[key] if not several else target.with_name(target.name + ".partial"), target)
+        for key, target in outputs.items():  # complete: under the final name
+            _describe(_partial(target), key, segmenter)
+            os.replace(_partial(target), target)
         if vector is not None:
             _polygonise(out, vector, path.stem, meta, segmenter, window_transform, rasterio)
     total = int(counts.sum())
@@ -123,6 +122,11 @@ def predict_raster(segmenter: BandSegmenter, path: Path, out: Path, *, probabili
     if vector is not None:
         record["vector"] = str(vector)
     return record
+
+
+def _partial(path: Path, rank: int | None = None) -> Path:
+    """Where `path` is written until complete (a rank's part of it, under several processes)."""
+    return path.with_name(path.name + (f".rank{rank}" if rank is not None else "") + ".partial")
 
 
 def _merge_parts(group: Processes, outputs: dict, profiles: dict, boxes: list, counts: np.ndarray) -> np.ndarray:
@@ -137,8 +141,8 @@ def _merge_parts(group: Processes, outputs: dict, profiles: dict, boxes: list, c
     torch.distributed.all_reduce(total)
     if group.rank == 0:
         for key, target in outputs.items():
-            merged = target.with_name(target.name + ".partial")
-            sources = [rasterio.open(target.with_name(target.name + f".rank{r}.partial")) for r in range(group.size)]
+            merged = _partial(target)
+            sources = [rasterio.open(_partial(target, r)) for r in range(group.size)]
             try:
                 with rasterio.open(merged, "w", **profiles[key]) as dst:
                     for t, (y0, y1, x0, x1) in enumerate(boxes):
@@ -148,7 +152,7 @@ def _merge_parts(group: Processes, outputs: dict, profiles: dict, boxes: list, c
                 for src in sources:
                     src.close()
             for r in range(group.size):
-                target.with_name(target.name + f".rank{r}.partial").unlink(missing_ok=True)
+                _partial(target, r).unlink(missing_ok=True)
     group.barrier()
     return total.numpy()
 
