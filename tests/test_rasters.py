@@ -511,3 +511,32 @@ def test_a_fixed_size_architecture_trains_and_predicts_on_rasters(tmp_path):
                  "--output-dir", str(tmp_path / "out")]) == 0
     with rasterio.open(tmp_path / "out" / "tile_00.tif") as dst:
         assert (dst.width, dst.height) == (64, 48) and set(np.unique(dst.read(1))) <= {0, 1}
+
+
+def test_each_window_runs_once_and_a_bounded_cache_changes_no_pixel():
+    from segtune.data.labels import LabelSet
+    from segtune.inference.bands import ArrayRaster, BandSegmenter, axis_windows
+
+    import torch.nn.functional as F
+
+    class Counting:  # a runner: logits at 1/4 of the window, from the pixels, counting the windows it runs
+        device, dtype, windows = torch.device("cpu"), torch.float32, 0
+
+        def __call__(self, x):
+            Counting.windows += x.shape[0]
+            pooled = F.avg_pool2d(x, 4)
+            return torch.cat([pooled[:, :1], -pooled[:, :1], pooled[:, 1:2] * 0.5], 1)
+
+    pixels = np.random.default_rng(0).normal(0, 1, (2, 300, 420)).astype(np.float32)
+    settings = {"mean": [0.0, 0.0], "std": [1.0, 1.0]}
+    maps = {}
+    for cache in (0, 2**30):
+        Counting.windows = 0
+        seg = BandSegmenter(Counting(), settings, LabelSet.numbered(3), crop_size=64, stride=40, tile=100,
+                            cache_bytes=cache)
+        maps[cache] = seg(ArrayRaster(pixels), probabilities=True)
+        runs = Counting.windows
+        grid = len(axis_windows(300, 64, 40)) * len(axis_windows(420, 64, 40))
+        assert runs == grid if cache else runs > 1.5 * grid  # once each, or again for every tile it touches
+    np.testing.assert_array_equal(maps[0][0], maps[2**30][0])
+    np.testing.assert_array_equal(maps[0][1], maps[2**30][1])

@@ -8,10 +8,11 @@ size) by slide inference: `crop_size` windows every `stride` pixels on MMSeg's g
 number of windows covering each pixel, as the Segmenter's slide mode does.
 
 To keep memory flat, the output is made a tile (TILE x TILE pixels) at a time: for each tile the
-windows of the global grid that touch it are run, on a region read for that tile alone, and only the
-tile's part of their logits is summed. Each pixel gets exactly the windows, in the same order, that a
-whole-raster slide would give it; a window touching two tiles is run for each (about 1.2x the windows
-of one pass with the defaults), which is the price of not holding a row of tiles.
+windows of the global grid that touch it are summed, and only the tile's part of their logits. Each
+pixel gets exactly the windows, in the same order, that a whole-raster slide would give it. A window
+touching a later tile (to the right, or in the next row) keeps its model logits until then
+(WindowCache), so each window is run once; the cache is bounded (CACHE_BYTES), past which a shared
+window is run again rather than kept.
 Windows smaller than the crop (a raster smaller than it) are padded with 0, the normalised mean,
 as training pads its crops. Pixels with no data (nodata in every band) come out as the nodata class.
 """
@@ -32,6 +33,7 @@ from .postprocess import class_argmax
 from .runners import TorchRunner
 
 TILE = 1024
+CACHE_BYTES = 256 * 2**20  # shared windows' logits kept between tiles (WindowCache)
 SETTINGS_KEY = "segtune_bands"
 
 
@@ -76,12 +78,40 @@ class ArrayRaster:
         return self.pixels[:, y0:y1, x0:x1], self.valid[y0:y1, x0:x1]
 
 
+class WindowCache:
+    """The model's logits of windows that later tiles share, up to `limit` bytes: a window crossing into the
+    tile on the right, or into the next row of tiles, is run once. Past the limit (a very wide raster, many
+    classes) a window is not kept and is run again, so memory stays bounded whatever the raster."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used, self.kept = limit, 0, {}
+
+    def __contains__(self, window) -> bool:
+        return window in self.kept
+
+    def get(self, window) -> torch.Tensor:
+        return self.kept[window]
+
+    def put(self, window, logits: torch.Tensor) -> None:
+        if window in self.kept:
+            return
+        size = logits.numel() * logits.element_size()
+        if self.used + size <= self.limit:
+            self.kept[window] = logits.clone()  # not a view of the batch, which would hold it all
+            self.used += size
+
+    def drop(self, window) -> None:
+        logits = self.kept.pop(window, None)
+        if logits is not None:
+            self.used -= logits.numel() * logits.element_size()
+
+
 class BandSegmenter:
     """A band model and its settings: a raster in, its label map (and class probabilities) out, a tile
     at a time (`tiles`) or whole (`__call__`, for arrays that fit in memory)."""
 
     def __init__(self, model, settings: dict, labels, *, crop_size: int | None = None, stride: int | None = None,
-                 batch_size: int | None = None, tile: int = TILE):
+                 batch_size: int | None = None, tile: int = TILE, cache_bytes: int = CACHE_BYTES):
         self.runner = TorchRunner(model) if isinstance(model, torch.nn.Module) else model
         self.settings, self.labels = settings, labels
         self.preprocess = BandPreprocess(settings)
@@ -90,7 +120,7 @@ class BandSegmenter:
         if self.crop_size < 1 or not 0 < self.stride <= self.crop_size:
             raise SegtuneError(f"--crop-size {self.crop_size} --stride {self.stride}: need 0 < stride <= crop size")
         self.batch_size = batch_size or (16 if self.device.type == "cuda" else 4)
-        self.tile = max(int(tile), 1)
+        self.tile, self.cache_bytes = max(int(tile), 1), int(cache_bytes)
         self.label_dtype, self.nodata = label_nodata(len(labels))
 
     @classmethod
@@ -139,38 +169,53 @@ class BandSegmenter:
 
     def tiles(self, raster, probabilities: bool = False, boxes=None) -> Iterator:
         """((y0, y1, x0, x1), label map, probabilities or None) per output tile (`boxes`: those tiles only)."""
+        cache = WindowCache(self.cache_bytes)
         for box in boxes if boxes is not None else self.tile_boxes(raster.height, raster.width):
-            scores, valid = self.tile_scores(raster, box)
+            scores, valid = self.tile_scores(raster, box, cache)
             label_map = class_argmax(scores).numpy().astype(self.label_dtype)
             label_map[~valid] = self.nodata
             yield box, label_map, scores.softmax(0).numpy() if probabilities else None
 
     @torch.inference_mode()
-    def tile_scores(self, raster, box) -> tuple[torch.Tensor, np.ndarray]:
-        """(classes, h, w) averaged window logits of one tile, and its (h, w) validity."""
+    def tile_scores(self, raster, box, cache: WindowCache | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """(classes, h, w) averaged window logits of one tile, and its (h, w) validity. The windows a tile
+        shares with the tiles after it are kept in `cache` (as the model's logits), not run again."""
         y0, y1, x0, x1 = box
         rows = [w for w in axis_windows(raster.height, self.crop_size, self.stride) if w[0] < y1 and w[1] > y0]
         cols = [w for w in axis_windows(raster.width, self.crop_size, self.stride) if w[0] < x1 and w[1] > x0]
-        ry0, ry1, rx0, rx1 = rows[0][0], rows[-1][1], cols[0][0], cols[-1][1]
+        windows = [(a, b, c, d) for a, b in rows for c, d in cols]
+        cache = cache if cache is not None else WindowCache(0)
+        todo = [w for w in windows if w not in cache]
+        # read the tile and the windows still to run: their pixels, and the tile's validity
+        ry0, ry1 = min([y0] + [w[0] for w in todo]), max([y1] + [w[1] for w in todo])
+        rx0, rx1 = min([x0] + [w[2] for w in todo]), max([x1] + [w[3] for w in todo])
         pixels, valid = raster.read(ry0, ry1, rx0, rx1)
         if pixels.shape[0] != self.band_count:
             raise SegtuneError(f"{getattr(raster, 'path', 'input')}: {pixels.shape[0]} bands, but the model takes "
                                f"{self.band_count}")
-        region = torch.from_numpy(self.preprocess(pixels, valid))
-        windows = [(a, b, c, d) for a, b in rows for c, d in cols]
+        logits = {w: cache.get(w) for w in windows if w in cache}
+        if todo:
+            region = torch.from_numpy(self.preprocess(pixels, valid))
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start:start + self.batch_size]
+                crops = torch.stack([self._padded(region[:, a - ry0:b - ry0, c - rx0:d - rx0]) for a, b, c, d in chunk])
+                out = torch.as_tensor(self.runner(crops.to(self.device, self.runner.dtype))).float().to(self.device)
+                logits.update(zip(chunk, out))
         total = count = None
-        for start in range(0, len(windows), self.batch_size):
-            chunk = windows[start:start + self.batch_size]
-            crops = torch.stack([self._padded(region[:, a - ry0:b - ry0, c - rx0:d - rx0]) for a, b, c, d in chunk])
-            logits = torch.as_tensor(self.runner(crops.to(self.device, self.runner.dtype))).float()
-            logits = F.interpolate(logits.to(self.device), size=crops.shape[-2:], mode="bilinear", align_corners=False)
+        for a, b, c, d in windows:  # in the grid's order, as one whole-raster slide sums them
+            window_logits = F.interpolate(logits[a, b, c, d][None], size=(self.crop_size, self.crop_size),
+                                          mode="bilinear", align_corners=False)[0]
             if total is None:
-                total = torch.zeros((logits.shape[1], y1 - y0, x1 - x0), device=self.device)
+                total = torch.zeros((window_logits.shape[0], y1 - y0, x1 - x0), device=self.device)
                 count = torch.zeros((1, y1 - y0, x1 - x0), device=self.device)
-            for (a, b, c, d), window_logits in zip(chunk, logits):
-                ta, tb, tc, td = max(a, y0), min(b, y1), max(c, x0), min(d, x1)  # the window's part of the tile
-                total[:, ta - y0:tb - y0, tc - x0:td - x0] += window_logits[:, ta - a:tb - a, tc - c:td - c]
-                count[:, ta - y0:tb - y0, tc - x0:td - x0] += 1
+            ta, tb, tc, td = max(a, y0), min(b, y1), max(c, x0), min(d, x1)  # the window's part of the tile
+            total[:, ta - y0:tb - y0, tc - x0:td - x0] += window_logits[:, ta - a:tb - a, tc - c:td - c]
+            count[:, ta - y0:tb - y0, tc - x0:td - x0] += 1
+        for w in windows:  # kept while a later tile (to the right, or in the next row) needs it
+            if w[3] > x1 or w[1] > y1:
+                cache.put(w, logits[w])
+            else:
+                cache.drop(w)
         return (total / count).cpu(), valid[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
 
     def _padded(self, crop: torch.Tensor) -> torch.Tensor:
