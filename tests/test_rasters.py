@@ -540,3 +540,20 @@ def test_each_window_runs_once_and_a_bounded_cache_changes_no_pixel():
         assert runs == grid if cache else runs > 1.5 * grid  # once each, or again for every tile it touches
     np.testing.assert_array_equal(maps[0][0], maps[2**30][0])
     np.testing.assert_array_equal(maps[0][1], maps[2**30][1])
+
+
+def test_predict_continues_a_folder_and_refuses_rgb_only_options(tmp_path, capsys):
+    from segtune.cli import main
+
+    src = write_geotiff(tmp_path / "in" / "a.tif", signal_pair(0)[0], nodata=0)
+    write_geotiff(tmp_path / "in" / "b.tif", signal_pair(1)[0], nodata=0)
+    model = band_model(tmp_path / "model")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model), str(src), "--output-dir", str(out)]) == 0
+    first = (out / "a.tif").stat().st_mtime_ns
+    assert main(["predict", "--model", str(model), str(tmp_path / "in"), "--output-dir", str(out)]) == 0
+    assert (out / "a.tif").stat().st_mtime_ns == first and (out / "b.tif").is_file()  # a.tif was done already
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), str(src), "--output-dir", str(tmp_path / "o2"), "--tta"]) == 1
+    assert "--tta: for RGB models" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from ..data.rasters import Raster, check_image_meta, raster_meta, rasterio_or_fa
 from ..errors import SegtuneError
 from ..inference.bands import BandSegmenter
 from .inputs import collect_images
-from .ranks import Processes
+from .ranks import Processes, read_records, record_key
 from .vectors import VectorWriter, check_vector_path
 
 BLOCK = 256  # GeoTIFF block side
@@ -189,6 +189,11 @@ def _polygonise(out: Path, vector: Path, layer: str, meta, segmenter, window_tra
 def run_raster_prediction(opts, inputs: list[str]) -> list[dict]:
     """`segtune predict` with a multi-band model: every input raster into OUT (predictions.jsonl, predict.json)."""
     started = time.perf_counter()
+    ignored = [name for name, given in (("--tta", opts.tta), ("--save-probs", opts.save_probs),
+                                        ("--show-gt", opts.show_gt), ("--mode", opts.mode != "auto")) if given]
+    if ignored:
+        raise SegtuneError(f"{' '.join(ignored)}: for RGB models; a multi-band model segments rasters in windows at "
+                           "their own resolution (--probabilities writes its class scores)")
     images = collect_images(inputs, recursive=opts.recursive)
     output_dir = Path(opts.output_dir)  # checked by run.py: a folder of other files is refused
     vector = Path(opts.vector) if opts.vector else None
@@ -206,7 +211,7 @@ def run_raster_prediction(opts, inputs: list[str]) -> list[dict]:
         if vector is not None and vector.exists():
             vector.unlink()  # this run's layers only
     group.barrier()
-    records = []
+    records, done = [], {} if opts.overwrite else read_records(output_dir / "predictions.jsonl")
     # GDAL caches the blocks it reads and writes up to 5% of the RAM: bounded lower, so that memory reaches
     # its plateau within the first rasters' tiles rather than growing with a large raster
     from rasterio.errors import NotGeoreferencedWarning
@@ -219,6 +224,11 @@ def run_raster_prediction(opts, inputs: list[str]) -> list[dict]:
                 vector_file = vector.with_name(f"{vector.stem}_{entry.name}{vector.suffix}")  # one layer a file
             out = output_dir / f"{entry.name}.tif"
             out.parent.mkdir(parents=True, exist_ok=True)
+            earlier = done.get(record_key(out))
+            if earlier is not None and out.is_file() and vector is None and \
+                    (not opts.probabilities or Path(earlier.get("probabilities", "")).is_file()):
+                records.append(earlier)  # segmented by an earlier run into this folder (--overwrite redoes it)
+                continue
             records.append(predict_raster(segmenter, entry.path, out, probabilities=opts.probabilities,
                                           vector=vector_file, group=group))
     if group.rank == 0:
