@@ -557,3 +557,16 @@ def test_predict_continues_a_folder_and_refuses_rgb_only_options(tmp_path, capsy
     capsys.readouterr()
     assert main(["predict", "--model", str(model), str(src), "--output-dir", str(tmp_path / "o2"), "--tta"]) == 1
     assert "--tta: for RGB models" in capsys.readouterr().err
+
+
+def test_a_band_model_fine_tunes_again_and_another_band_count_is_refused(tmp_path, capsys):
+    from segtune.cli import main
+
+    data = make_geo_dataset(tmp_path / "data", n=3)
+    model = band_model(tmp_path / "model")  # 4 channels already
+    _train(data, model, tmp_path / "again", steps=2)
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["num_channels"] == 4
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--model", str(model), "--output-dir", str(tmp_path / "three"),
+                 "--bands", "1,2", "--max_steps", "1"]) == 1
+    assert "takes 4 input channels, not 2" in capsys.readouterr().err

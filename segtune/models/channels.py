@@ -49,8 +49,12 @@ def with_channels(model: torch.nn.Module, channels: int, rgb_positions: list[int
     model_type = getattr(model.config, "model_type", type(model).__name__)
     if rgb_positions is not None and (len(rgb_positions) != 3 or max(rgb_positions) >= channels):
         raise SegtuneError(f"--rgb-bands: name three of the {channels} bands the model takes")
-    if channels == 3 and rgb_positions in (None, [0, 1, 2]):
-        return model
+    current = int(getattr(model.config, "num_channels", 3) or 3)
+    if current == channels and (current != 3 or rgb_positions in (None, [0, 1, 2])):
+        return model  # already takes these channels (a band model fine-tuned again)
+    if current != 3:
+        raise SegtuneError(f"{model_type}: the checkpoint takes {current} input channels, not {channels}; start "
+                           "from an RGB checkpoint or one of as many bands")
     found = first_conv(model)
     if found is None:
         raise SegtuneError(f"{model_type}: cannot take {channels} input channels (no 3-channel first convolution "
