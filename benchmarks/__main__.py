@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.common import REPO, RESULTS_DIR, describe, markdown_table
 
 ORDER = ["data_path", "train_speed", "eval_speed", "post_logits", "metric_speed", "predict_speed", "predict_memory",
-         "flops", "models"]
+         "raster_memory", "flops", "models"]
 PREDICT_METHODS = ["--methods", "seed", "pipeline", "segtune-cli", "segtune-cli-exact", "segtune-cli-onnx",
                    "segtune-cli-openvino", "segtune-cli-openvino-bf16", "segtune-cli-openvino-bf16-1"]
 FULL = {  # about 0.7 + 2.5 + 2.5 + 0.4 + 0.2 + 8 + 0.5 minutes on a quiet 2-core CPU
@@ -32,6 +32,7 @@ FULL = {  # about 0.7 + 2.5 + 2.5 + 0.4 + 0.2 + 8 + 0.5 minutes on a quiet 2-cor
     "metric_speed": [],
     "predict_speed": ["--images", "200", *PREDICT_METHODS],  # the issue's folder of 200 images, one round
     "predict_memory": [],  # 0.2 / 12 / 48 MP, 11 and 150 classes, before and after issue 29 (about 6 minutes)
+    "raster_memory": [],  # a 2,000 and a 16,000 pixel square 4-band GeoTIFF (issue 27), the 16k most of it
     "flops": [],
     "models": [],  # one model per architecture, 50 steps of batch 4 at crop 256 each (docs/models.md)
 }
@@ -47,6 +48,7 @@ QUICK = {
     "metric_speed": ["--images", "4", "--repeats", "2"],
     "predict_speed": ["--images", "4", "--methods", "seed", "segtune-cli"],
     "predict_memory": ["--sizes", "0.2", "--classes", "11", "--serve"],
+    "raster_memory": ["--sizes", "500", "1000"],
     "flops": ["--steps", "2", "--warmup", "1", "--matmul-size", "1024"],
     "models": ["--quick"],
 }

@@ -73,6 +73,14 @@ class SourceOptions:
         return out
 
 
+@dataclass(kw_only=True)
+class BandOptions:
+    """Which bands of multi-band rasters a model takes (docs/imagery.md)."""
+
+    bands: str | None = option(None, "bands to read, 1-based as GDAL numbers them, in the model's order, e.g. "
+                               "4,3,2,8 (default: every band; also reads grey and 16-bit PNGs as their own bands)")
+
+
 SPLITS = ("auto", "val", "train", "all")
 
 
@@ -123,7 +131,7 @@ class ReportOptions(CommonOptions, LabelOptions, SourceOptions, SplitOptions):
 
 
 @dataclass(kw_only=True)
-class InspectOptions(CommonOptions, LabelOptions, SourceOptions):
+class InspectOptions(CommonOptions, LabelOptions, SourceOptions, BandOptions):
     """`segtune inspect`: count, measure and check a dataset before training."""
 
     data: str | None = option(None, "dataset folder, YAML data file, COCO JSON or `datasets` source (required)")
@@ -171,6 +179,10 @@ class PredictOptions(CommonOptions, LabelOptions, RuntimeOptions):
     tta_flip: bool = option(True, "TTA with horizontal flips; --no-tta-flip: without")
     alpha: float = option(0.5, "overlay opacity")
     save_probs: bool = flag("per-class probabilities, uint8 (p x 255) in compressed probs/<name>.npz")
+    probabilities: bool = flag("rasters (multi-band models): <name>_probabilities.tif beside the label GeoTIFF, a "
+                               "uint8 (p x 255) band per class")
+    vector: str | None = option(None, "rasters (multi-band models): polygons of the classes, with their names, into "
+                                "this file (.gpkg, or .geojson), one layer per raster", metavar="FILE")
     show_gt: Path | None = option(None, "ground truth (mask folder or dataset): image | truth | prediction | "
                                   "error figures")
     overwrite: bool = flag("redo images whose outputs exist; write into a folder of other files")

@@ -44,6 +44,7 @@ PAGE_COMMANDS: dict[str, tuple[str, ...] | None] = {
     "docs/demo.md": ("demo", "train"),
     "docs/export.md": ("export", "predict", "evaluate"),
     "docs/serve.md": ("serve", "predict"),
+    "docs/imagery.md": ("train", "predict", "evaluate", "inspect"),
     "docs/benchmarks.md": None,
     "benchmarks/README.md": None,
 }

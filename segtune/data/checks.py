@@ -93,6 +93,8 @@ class _Recording:
 
 def _read_pair(sample, rules):
     """-> (problem or None, (w, h), per-class pixel counts, ignored pixels, label_checks.MaskFacts)."""
+    if hasattr(sample, "scan"):  # a raster of any size: read a block at a time (band_data.RasterSample)
+        return sample.scan(rules)
     recording = _Recording(rules)
     try:
         image, mask = sample.read(recording)
@@ -203,23 +205,27 @@ def apply_label_options(data, opts) -> None:
 
 
 def load_checked_data(data_path, opts, *, val_split: float, seed: int, labels: LabelSet | None = None,
-                      source_kwargs: dict | None = None, choose=None, skip_bad: bool = False):
+                      source_kwargs: dict | None = None, choose=None, skip_bad: bool = False, bands=None):
     """Finds, configures and checks a dataset; returns (data, labels). `opts`: the LabelOptions.
 
     `choose(data)`, for scoring: the pairs to check and score, which become the data's only (validation)
     split; without it both splits are checked, for training. A streamed dataset cannot be read ahead:
     its classes must be known and bad rows are met (and named, or skipped with `skip_bad`) as training
-    reaches them.
+    reaches them. `bands`: None, read band by band where the files ask for it (band_data.wants_bands);
+    a list of 1-based band numbers, band by band with those bands; False, as RGB pictures.
     """
     from functools import partial
 
     from tqdm.auto import tqdm
 
+    from .band_data import as_band_data, wants_bands
     from .sources import load_data
 
     data = load_data(data_path, val_split=val_split, seed=seed, **(source_kwargs or {}))
     apply_label_options(data, opts)
     if isinstance(data, StreamedData):
+        if bands:
+            raise SegtuneError(f"{data_path}: multi-band data (--bands) is read from raster files, not streamed")
         if choose is not None:
             raise SegtuneError(f"{data_path}: a streamed dataset cannot be scored here; drop streaming")
         labels = labels or data.labels
@@ -228,6 +234,8 @@ def load_checked_data(data_path, opts, *, val_split: float, seed: int, labels: L
                                "an id2label.json beside the data")
         data.read_colours_of(labels)
         return data, labels
+    if bands is not False and wants_bands(data.train or data.val, bands):
+        data.band_layout = as_band_data(data, bands or None)
     splits = ("train", "val")
     if choose is not None:
         data.train, data.val, data.unsplit, splits = [], choose(data), None, ("val",)

@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SegtuneError
+from .band_data import as_band_data, wants_bands
+from .band_inspection import print_raster_report, raster_report
 from .checks import apply_label_options, blocking_problems, scan
 from .label_checks import WARNING, binary_labels, label_findings, problem_lines
 from .labels import LabelSet, load_labels
 from .pairs import StreamedData
+from .rasters import parse_bands
 from .sources import load_data
 
 
@@ -63,7 +66,8 @@ def _sample_grid(data, labels: LabelSet, path: Path, count: int) -> None:
     shown = []
     for sample in chosen:
         try:
-            image, mask = sample.read(data.rules)
+            # a raster: a window of it, shown as a stretched colour composite (band_data.RasterSample)
+            image, mask = sample.preview(data.rules) if hasattr(sample, "preview") else sample.read(data.rules)
         except SegtuneError:
             continue
         if mask.shape == (image.height, image.width):
@@ -129,6 +133,9 @@ def inspect_data(opts) -> dict:
     if isinstance(data, StreamedData):
         raise SegtuneError(f"{data_path}: inspect reads every pair; it does not take --streaming")
     apply_label_options(data, opts)
+    bands = parse_bands(opts.bands)
+    if wants_bands(data.train or data.val, bands):  # rasters, read band by band (band_data.py)
+        data.band_layout = as_band_data(data, bands)
     label_set = load_labels(labels) if labels else data.labels or (binary_labels() if data.binary else None)
     data.read_colours_of(label_set)
     num_classes = len(label_set) if label_set is not None else None
@@ -162,10 +169,14 @@ def inspect_data(opts) -> dict:
         "blocking_problems": problems,
         "findings": [f.to_json() for f in findings],  # label checks: code, severity, message
     }
+    if data.band_layout is not None:
+        report["rasters"] = raster_report(data, progress=partial(tqdm, leave=False))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "inspect.json").write_text(json.dumps(report, indent=2))
     _sample_grid(data, label_set, out_dir / "inspect.png", opts.samples)
     _print_summary(report)
+    if "rasters" in report:
+        print_raster_report(report["rasters"])
     print(f"written: {out_dir / 'inspect.json'}, {out_dir / 'inspect.png'}")
     return report
 

@@ -179,6 +179,7 @@ class SegmentationData(DataRules):
     findings: list = field(default_factory=list)  # filled by checks: label_checks.Finding, label-space checks
     val_is_split: bool = False  # True when val was drawn from the training pairs by val_split/seed
     unsplit: tuple | None = None  # (every pair, val_split, seed) when val_is_split: to split again
+    band_layout: object = None  # band_data.BandLayout when the pairs are read band by band (multi-band rasters)
 
 
 @dataclass

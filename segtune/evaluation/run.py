@@ -23,7 +23,7 @@ class Evaluation:
     labels: object  # their LabelSet
 
 
-def load_scored_data(opts, model: str | Path | None, labels=None):
+def load_scored_data(opts, model: str | Path | None, labels=None, bands=False):
     """The data to score and its classes, checked: the pairs `opts.split` selects (sources.splits.select_split),
     using the model folder's splits.json when it has one; says in one line what is scored, and warns
     when any scored pair is one the run trained on. `opts`: EvaluateOptions or ReportOptions."""
@@ -41,7 +41,8 @@ def load_scored_data(opts, model: str | Path | None, labels=None):
         return chosen["selection"].samples
 
     data, labels = load_checked_data(opts.data, opts, val_split=opts.val_split or 0.2, seed=opts.seed, labels=labels,
-                                     source_kwargs=opts.source_kwargs(), choose=choose, skip_bad=opts.skip_bad)
+                                     source_kwargs=opts.source_kwargs(), choose=choose, skip_bad=opts.skip_bad,
+                                     bands=bands)
     selection = chosen["selection"]
     log.info("segtune: %s", selection.note)
     if selection.warning:
@@ -59,14 +60,13 @@ def _run_folder(model):
 def run_evaluation(opts) -> Evaluation:
     """`segtune evaluate`: `opts` a segtune.options.EvaluateOptions. Prints the table, writes metrics.json
     to opts.output_dir; takes each image's score too when `opts.report` (for the report's gallery)."""
-    import json
-
     from ..data.labels import load_labels
     from ..inference.preprocess import ProcessorTransform
-    from .metrics import metrics_to_json
 
     labels = load_labels(opts.labels) if opts.labels else None
     segmenter, failed = None, []
+    if opts.model and band_model(opts.model):  # multi-band rasters, scored tile by tile (rasters.py)
+        return evaluate_rasters(opts, labels)
     if opts.model:
         from ..inference.segmenter import Segmenter
 
@@ -85,6 +85,43 @@ def run_evaluation(opts) -> Evaluation:
     else:  # a prediction missing or broken is said and left out; the others are scored (and the command fails)
         cm = evaluate_predictions(samples, Path(opts.predictions), len(labels), data.rules, on_item=scores,
                                   failed=failed)
+    return _finish(opts, cm, labels, data, selection, samples, scores, failed)
+
+
+def evaluate_rasters(opts, labels) -> Evaluation:
+    """`segtune evaluate` with a multi-band model: the scored pairs read band by band with the model's bands,
+    each raster scored whole, tile by tile."""
+    from ..errors import SegtuneError
+    from ..inference.bands import BandSegmenter
+    from .rasters import RasterEvalDataset
+    from .scoring import evaluate_model
+
+    segmenter = BandSegmenter.from_pretrained(opts.model, trust_remote_code=opts.trust_remote_code, dtype=opts.dtype,
+                                              runtime=opts.runtime, threads=opts.threads, batch_size=opts.batch_size)
+    settings = segmenter.settings
+    labels = labels or segmenter.labels
+    data, labels, selection = load_scored_data(opts, _run_folder(opts.model), labels, bands=settings["bands"])
+    if data.band_layout.count != settings["count"]:
+        raise SegtuneError(f"{data.val[0].image}: {data.band_layout.count} bands, but {opts.model} was trained on "
+                           f"files of {settings['count']}")
+    dataset = RasterEvalDataset(data.val, data.rules, settings)
+    model = getattr(segmenter.runner, "model", None) or segmenter.runner  # torch, or an exported model
+    cm = evaluate_model(model, dataset, len(labels), data.ignore_index, opts.batch_size)
+    return _finish(opts, cm, labels, data, selection, data.val, None, [])
+
+
+def band_model(model) -> bool:
+    from ..inference.bands import band_settings
+
+    return band_settings(_run_folder(model)) is not None  # a model folder, or an export folder or its model.onnx
+
+
+def _finish(opts, cm, labels, data, selection, samples, scores, failed) -> Evaluation:
+    """The table, metrics.json and the Evaluation of one scoring pass."""
+    import json
+
+    from .metrics import metrics_to_json
+
     metrics = cm.compute()
     print(format_table(metrics, labels.names))
     out_dir = Path(opts.output_dir)

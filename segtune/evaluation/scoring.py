@@ -64,6 +64,8 @@ def evaluate_model(
     galleries)."""
     from tqdm.auto import tqdm
 
+    if hasattr(dataset, "evaluate_into"):  # rasters scored tile by tile (evaluation/rasters.py)
+        return dataset.evaluate_into(model, num_classes, ignore_index, batch_size, progress, on_item)
     if not isinstance(model, torch.nn.Module):  # a Runner: pixel values in, logits out
         return _evaluate_runner(model, dataset, num_classes, ignore_index, batch_size, num_workers, progress,
                                 on_item)

@@ -32,6 +32,7 @@ import torch
 from ..errors import SegtuneError
 from ..inference.onnx_runners import (INPUT_NAME, META_CONFIG, META_FAST, META_LABELS, META_PROCESSOR, ONNX_FILE,
                                       OUTPUT_NAME, require)
+from ..inference.bands import band_settings
 from ..inference.preprocess import FastPreprocess
 
 log = logging.getLogger("segtune")
@@ -314,15 +315,16 @@ def run_export(opts) -> dict:
         raise SegtuneError(f"{opts.model}: a {model.config.model_type} on Swin cannot be exported with a free input "
                            "size: the exporter records Swin's padding to whole windows as constants, so the graph "
                            "would run one size only, where segtune resizes by the short side (EoMT exports)")
-    source, images, ignore_index = check_images(opts.check_data, opts.check_images, opts) if opts.check_images \
-        else (None, [], None)
+    bands = band_settings(processor)  # a multi-band model: N input channels, checked on rasters (bands.py)
+    source, images, ignore_index = check_images(opts.check_data, opts.check_images, opts) \
+        if opts.check_images and bands is None else (None, [], None)
 
     exported = copy.deepcopy(model).float().eval()
     folded = bool(opts.fold_head) and fold_segformer_head(exported)
     make_exportable(exported)  # pyramid pooling (UperNet, BEiT) as an exportable computation
     fixed = input_size(model.config)  # the one size such a model takes (its processor resizes to it)
     side = fixed or min(training_scale(processor) or 512, 1024)
-    sample = torch.rand(1, 3, side, side)
+    sample = torch.rand(1, len(bands["mean"]) if bands else 3, side, side)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{ONNX_FILE}.partial"
     try:
@@ -343,12 +345,18 @@ def run_export(opts) -> dict:
     result = {
         "passed": None, "model": str(opts.model), "onnx": str(out / ONNX_FILE), "opset": opts.opset,
         "exporter": exporter, "folded_head": folded,
-        "input": {"name": INPUT_NAME, "shape": ["batch", 3, fixed or "height", fixed or "width"], "dtype": "float32"},
+        "input": {"name": INPUT_NAME, "shape": ["batch", sample.shape[1], fixed or "height", fixed or "width"],
+                  "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(labels), "logits_height", "logits_width"]},
         "export_input_size": list(sample.shape), "classes": len(labels),
         "torch": torch.__version__, "seconds_export": round(exported_seconds, 3), "check": None,
     }
-    if opts.check_images:
+    if opts.check_images and bands is not None:
+        from .bands import run_band_check
+
+        result["check"] = run_band_check(reference, out, opts)
+        result["passed"] = not result["check"]["failures"]
+    elif opts.check_images:
         import onnxruntime
 
         result["onnxruntime"] = onnxruntime.__version__

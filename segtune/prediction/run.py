@@ -304,6 +304,17 @@ def _summary(segmenter: Segmenter, records: list[dict], todo: int, seconds: floa
 
 def run_prediction(opts, inputs: list[str]) -> list[dict]:
     """`segtune predict`: `opts` a segtune.options.PredictOptions, `inputs` files, folders or glob patterns."""
+    from ..inference.bands import band_settings
+
+    model_dir = Path(opts.model).parent if str(opts.model).lower().endswith(".onnx") else opts.model
+    if band_settings(model_dir) is not None:  # a multi-band model: rasters in, GeoTIFFs out (rasters.py)
+        from .rasters import run_raster_prediction
+
+        check_output_dir(Path(opts.output_dir), opts.overwrite)
+        return run_raster_prediction(opts, inputs)
+    if opts.probabilities or opts.vector:
+        raise SegtuneError(f"--{'probabilities' if opts.probabilities else 'vector'}: for rasters segmented by a "
+                           f"multi-band model; {opts.model} is an RGB model (--save-probs saves its probabilities)")
     images = collect_images(inputs, recursive=opts.recursive)
     output_dir = Path(opts.output_dir)
     check_output_dir(output_dir, opts.overwrite)  # before loading the model: a refusal should come fast

@@ -291,6 +291,12 @@ def run_report(opts, run_dir: str | Path) -> Path:
                                else json.loads(metrics_path.read_text()).get("source"))
         if not model:
             raise SegtuneError(f"{run_dir}: holds no model; name the one to score with --model")
+        from ..evaluation.run import band_model
+
+        if band_model(model):  # its rasters are scored tile by tile, with no per-image gallery
+            raise SegtuneError(f"{model}: a multi-band model; `segtune report --data` re-scores RGB models only "
+                               f"(`segtune evaluate --model {model} --data {opts.data}` scores it and writes "
+                               "report.html)")
         segmenter = Segmenter.from_pretrained(model, trust_remote_code=opts.trust_remote_code)
         labels = load_labels(opts.labels) if opts.labels else segmenter.labels
         data, labels, _ = load_scored_data(opts, model, labels)

@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import os
 import sys
+from pathlib import Path
 
 from ..errors import SegtuneError
 
@@ -69,8 +70,17 @@ def check_options(opts) -> None:
 
 def load_segmenter(opts):
     """The Segmenter `segtune predict` would build for these options, batching up to --max-batch-size."""
+    from ..inference.bands import band_settings
     from ..inference.segmenter import Segmenter
 
+    model_dir = Path(opts.model).parent if str(opts.model).lower().endswith(".onnx") else opts.model
+    if band_settings(model_dir) is not None:  # a multi-band model: TIFF uploads of its bands (bands.py)
+        from ..inference.bands import BandSegmenter
+        from .bands import BandServing
+
+        return BandServing(BandSegmenter.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype,
+                                                         runtime=opts.runtime, threads=opts.threads,
+                                                         trust_remote_code=opts.trust_remote_code))
     return Segmenter.from_pretrained(opts.model, device=opts.device, dtype=opts.dtype, runtime=opts.runtime,
                                      threads=opts.threads, streams=opts.streams or 1,  # latency first
                                      trust_remote_code=opts.trust_remote_code,

@@ -231,13 +231,23 @@ def create_app(segmenter: Segmenter, *, max_batch_size: int = 8, batch_timeout_m
         if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
             raise UploadError(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
 
+    bands = getattr(segmenter, "band_settings", None)  # a multi-band model (serve/bands.py)
+
     async def label_map_of(image, mode=None, tta=None):
         batcher = state["batcher"]
         if batcher is None:
             raise Closed("the server is not running")
+        if bands is not None:
+            from .bands import check_request
+
+            check_request(mode, tta)
         return await batcher.submit(image, mode, tta)
 
     async def image_from(data: bytes):
+        if bands is not None:
+            from .bands import decode_bands
+
+            return await in_pool(decode_bands, data, max_pixels, bands)
         return await in_pool(decode_image, data, max_pixels, segmenter.scale)
 
     async def upload(request: Request) -> bytes:
@@ -300,7 +310,7 @@ def create_app(segmenter: Segmenter, *, max_batch_size: int = 8, batch_timeout_m
             content = await in_pool(label_png, label_map, segmenter)
             return Response(content, media_type="image/png")
         if format == "overlay":
-            content = await in_pool(overlay_jpeg, image, label_map, segmenter, alpha)
+            content = await in_pool(overlay_jpeg, getattr(image, "preview", image), label_map, segmenter, alpha)
             return Response(content, media_type="image/jpeg")
 
         def answer():

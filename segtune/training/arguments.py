@@ -13,7 +13,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from ..data.transforms import AugmentConfig
 from ..errors import SegtuneError
 from ..models.loading import DEFAULT_MODEL
-from ..options import CommonOptions, LabelOptions, SourceOptions, flag, option
+from ..options import BandOptions, CommonOptions, LabelOptions, SourceOptions, flag, option
 from .precision import precision_default
 
 
@@ -74,7 +74,7 @@ def training_arguments(output_dir: Path, overrides: dict, *, streaming: bool = F
 
 
 @dataclass(kw_only=True)
-class TrainOptions(CommonOptions, LabelOptions, SourceOptions):
+class TrainOptions(CommonOptions, LabelOptions, SourceOptions, BandOptions):
     """`segtune train`'s own options (TrainingArguments and AugmentConfig beside them); the fields
     without help are for Python callers."""
 
@@ -103,6 +103,8 @@ class TrainOptions(CommonOptions, LabelOptions, SourceOptions):
     trust_remote_code: bool = flag("run a Hub model's own code (only for models you trust)")
     license: str | None = option(None, "the licence the model card declares (a Hub id such as apache-2.0, mit, "
                                  "other); default: the base model's card's, when it declares one")
+    rgb_bands: str | None = option(None, "multi-band rasters: the bands that are red, green, blue (1-based, e.g. "
+                                   "4,3,2): a pretrained first layer keeps its RGB kernels on them (default: 1,2,3)")
     report: bool = option(True, "report.html at the end (metrics, curves, confusion matrix, lowest-IoU images); "
                           "--no-report: none")
     # Python callers only

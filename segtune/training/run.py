@@ -13,6 +13,7 @@ from transformers import EarlyStoppingCallback, TrainingArguments, default_data_
 from ..data.checks import load_checked_data
 from ..data.labels import load_labels
 from ..data.pairs import SegmentationData, StreamedData
+from ..data.rasters import parse_bands
 from ..data.sources.splits import write_splits
 from ..data.transforms import AugmentConfig, train_transform
 from ..errors import SegtuneError
@@ -44,6 +45,10 @@ def prepare_output_dir(path: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _datasets(data: SegmentationData | StreamedData, opts: TrainOptions, processor, seed: int):
+    if getattr(data, "band_layout", None) is not None:  # multi-band rasters: band_setup.py
+        from .band_setup import band_datasets
+
+        return band_datasets(data, opts, processor)
     augment = train_transform(opts.augment, processor.image_mean, processor.image_std, data.ignore_index)
     evaluate = ProcessorTransform(processor)
     if isinstance(data, StreamedData):
@@ -218,7 +223,8 @@ def run_training(opts: TrainOptions) -> dict:
         check_hub(opts.model)  # before the data is read: offline, fail in seconds, not after it
     data, labels = load_checked_data(opts.data, opts, val_split=opts.val_split, seed=seed,
                                      labels=load_labels(opts.labels) if opts.labels else None,
-                                     source_kwargs=opts.source_kwargs(), skip_bad=opts.skip_bad)
+                                     source_kwargs=opts.source_kwargs(), skip_bad=opts.skip_bad,
+                                     bands=parse_bands(opts.bands))
     streamed = isinstance(data, StreamedData)
     no_training = data.stream.train is None if streamed else not data.train
     if no_training:
@@ -244,11 +250,17 @@ def run_training(opts: TrainOptions) -> dict:
     model = load_model(opts.model, labels, data.ignore_index, opts.trust_remote_code)
     processor = training_processor(opts.model, opts.augment.base_size, model.config)
     _fit_input_size(opts, model.config)
+    if getattr(data, "band_layout", None) is not None:  # N input channels, per-band normalisation
+        from .band_setup import for_bands
+
+        model, processor = for_bands(opts, data, model, processor, progress=not args.disable_tqdm)
     if model.config.model_type == "segformer" and "ddp_find_unused_parameters" not in opts.training:
         args.ddp_find_unused_parameters = False  # every parameter takes part: spare DDP a graph walk a step
     channels_last = args.device.type == "cuda"  # faster convolutions on a GPU, above all in bf16
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    from .band_setup import card_fields
+
     train_set, val_set = _datasets(data, opts, processor, seed)
     from ..models.architectures import family
 
@@ -273,6 +285,7 @@ def run_training(opts: TrainOptions) -> dict:
         "ignore_index": data.ignore_index,
         **{k: v for k, v in vars(opts.augment).items()},
         **recipe_card,
+        **card_fields(processor),  # multi-band rasters: the bands and their clips
     }
     interrupt = InterruptCheckpoint()
     callbacks = [JsonlLogger(opts.output_dir / "log.jsonl"), *opts.callbacks, interrupt]
@@ -311,7 +324,8 @@ def run_training(opts: TrainOptions) -> dict:
     from ..reporting.report import write_report_or_warn
     from .trainer import SCALAR_METRICS
 
-    scores = ImageScores(len(labels), data.ignore_index) if opts.report and not streamed else None
+    bands = getattr(data, "band_layout", None) is not None  # rasters: the report draws no gallery of them
+    scores = ImageScores(len(labels), data.ignore_index) if opts.report and not streamed and not bands else None
     confusion = evaluate_model(trainer.model, val_set, len(labels), data.ignore_index,
                                batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
                                progress=not args.disable_tqdm, on_item=scores)
