@@ -79,4 +79,6 @@ class _PlainForward:
         return next(self.model.parameters()).dtype
 
     def __call__(self, pixel_values):
-        return self.forward(pixel_values=pixel_values.to(self.device, self.dtype)).logits
+        from ..models.masks import pixel_scores  # a mask classifier's semantic scores, a per-pixel model's logits
+
+        return pixel_scores(self.forward, pixel_values.to(self.device, self.dtype))

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 from ..data.band_stats import BandPreprocess
 from ..errors import SegtuneError
+from ..models import architectures
+from ..models.masks import probabilities as class_probabilities
 from .postprocess import class_argmax
 from .runners import TorchRunner
 
@@ -113,6 +115,8 @@ class BandSegmenter:
     def __init__(self, model, settings: dict, labels, *, crop_size: int | None = None, stride: int | None = None,
                  batch_size: int | None = None, tile: int = TILE, cache_bytes: int = CACHE_BYTES):
         self.runner = TorchRunner(model) if isinstance(model, torch.nn.Module) else model
+        config = architectures.runner_config(self.runner)  # a mask classifier's scores: normalised by their sum
+        self.family = architectures.family(config) if config is not None else "pixel"
         self.settings, self.labels = settings, labels
         self.preprocess = BandPreprocess(settings)
         self.crop_size = int(crop_size or settings.get("crop_size") or 512)
@@ -174,7 +178,7 @@ class BandSegmenter:
             scores, valid = self.tile_scores(raster, box, cache)
             label_map = class_argmax(scores).numpy().astype(self.label_dtype)
             label_map[~valid] = self.nodata
-            yield box, label_map, scores.softmax(0).numpy() if probabilities else None
+            yield box, label_map, class_probabilities(scores, self.family).numpy() if probabilities else None
 
     @torch.inference_mode()
     def tile_scores(self, raster, box, cache: WindowCache | None = None) -> tuple[torch.Tensor, np.ndarray]:
