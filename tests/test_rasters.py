@@ -515,7 +515,8 @@ def test_a_fixed_size_architecture_trains_and_predicts_on_rasters(tmp_path):
 
 def test_each_window_runs_once_and_a_bounded_cache_changes_no_pixel():
     from segtune.data.labels import LabelSet
-    from segtune.inference.bands import ArrayRaster, BandSegmenter, axis_windows
+    from segtune.inference.bands import ArrayRaster, BandSegmenter
+    from segtune.inference.geometry import axis_windows
 
     import torch.nn.functional as F
 

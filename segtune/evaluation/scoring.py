@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.pairs import PairDataset
 from ..data.reading import MaskRules, read_mask
 from ..errors import SegtuneError
-from ..inference.geometry import window_scores
+from ..inference.geometry import default_stride, window_scores
 from ..inference.postprocess import upsampled_argmax
 from ..models import architectures
 from ..models.masks import pixel_scores
@@ -110,8 +110,8 @@ def _scores(scores_of, pixel_values, side: int | None, batch_size: int):
     (the Segmenter's default stride) at the input size."""
     if side is None:
         return scores_of(pixel_values)
-    stride = max(1, round(side * 2 / 3))
-    return torch.stack([window_scores(scores_of, x, side, stride, batch_size, pad=True) for x in pixel_values])
+    return torch.stack([window_scores(scores_of, x, side, default_stride(side), batch_size, pad=True)
+                        for x in pixel_values])
 
 
 def _score(logits, run, device, cm: ConfusionMatrix, on_item) -> None:

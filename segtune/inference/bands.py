@@ -31,6 +31,7 @@ from ..data.band_stats import BandPreprocess
 from ..errors import SegtuneError
 from ..models import architectures
 from ..models.masks import probabilities as class_probabilities
+from .geometry import axis_windows, default_stride
 from .postprocess import class_argmax
 from .runners import TorchRunner
 
@@ -56,12 +57,6 @@ def band_settings(processor_or_dir) -> dict | None:
 def label_nodata(num_classes: int) -> tuple[np.dtype, int]:
     """The label raster's type and nodata value: uint8 and 255 up to 255 classes, else uint16 and 65535."""
     return (np.dtype(np.uint8), 255) if num_classes < 255 else (np.dtype(np.uint16), 65535)
-
-
-def axis_windows(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
-    """The (start, end) of the slide grid along one axis (geometry.slide_windows' rows or columns)."""
-    n = max(size - crop + stride - 1, 0) // stride + 1
-    return [(max(min(i * stride + crop, size) - crop, 0), min(i * stride + crop, size)) for i in range(n)]
 
 
 class ArrayRaster:
@@ -120,7 +115,7 @@ class BandSegmenter:
         self.settings, self.labels = settings, labels
         self.preprocess = BandPreprocess(settings)
         self.crop_size = int(crop_size or settings.get("crop_size") or 512)
-        self.stride = int(stride or max(1, round(self.crop_size * 2 / 3)))
+        self.stride = int(stride or default_stride(self.crop_size))
         if self.crop_size < 1 or not 0 < self.stride <= self.crop_size:
             raise SegtuneError(f"--crop-size {self.crop_size} --stride {self.stride}: need 0 < stride <= crop size")
         self.batch_size = batch_size or (16 if self.device.type == "cuda" else 4)

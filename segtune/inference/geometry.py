@@ -16,14 +16,18 @@ def slide_windows(height: int, width: int, crop: int | tuple[int, int], stride: 
     sh, sw = (stride, stride) if isinstance(stride, int) else stride
     if min(ch, cw, sh, sw) <= 0:
         raise ValueError(f"crop {crop} and stride {stride} must be positive")
-    rows = max(height - ch + sh - 1, 0) // sh + 1
-    cols = max(width - cw + sw - 1, 0) // sw + 1
-    windows = []
-    for r in range(rows):
-        for c in range(cols):
-            y2, x2 = min(r * sh + ch, height), min(c * sw + cw, width)
-            windows.append((max(y2 - ch, 0), y2, max(x2 - cw, 0), x2))
-    return windows
+    return [(y1, y2, x1, x2) for y1, y2 in axis_windows(height, ch, sh) for x1, x2 in axis_windows(width, cw, sw)]
+
+
+def axis_windows(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """The (start, end) of the slide grid along one axis: slide_windows' rows or columns."""
+    n = max(size - crop + stride - 1, 0) // stride + 1
+    return [(max(min(i * stride + crop, size) - crop, 0), min(i * stride + crop, size)) for i in range(n)]
+
+
+def default_stride(crop: int) -> int:
+    """Slide mode's step when none is given: 2/3 of the window, so neighbours overlap by a third."""
+    return max(1, round(crop * 2 / 3))
 
 
 def window_counts(height: int, width: int, windows) -> np.ndarray:

@@ -44,7 +44,7 @@ from ..errors import SegtuneError
 from ..models import architectures
 from ..models.masks import probabilities as class_probabilities
 from ..models.loading import load_processor
-from .geometry import processor_fixed_size, processor_shortest_edge, training_scale, window_scores
+from .geometry import default_stride, processor_fixed_size, processor_shortest_edge, training_scale, window_scores
 from .postprocess import class_argmax, upsampled_argmax
 from .preprocess import FastPreprocess, own_windows_off
 from .runners import TorchRunner, resolve_device, resolve_dtype
@@ -166,7 +166,7 @@ class Segmenter:
             self.mode, self.fixed_size = "slide", False
             crop_size = architectures.runner_input_size(self.runner) or self.scale
         self.crop_size = self.scale if self.fixed_size else (crop_size or self.scale or 512)
-        self.stride = stride or max(1, round(self.crop_size * 2 / 3))
+        self.stride = stride or default_stride(self.crop_size)
         if self.crop_size < 1 or self.stride < 1 or self.stride > self.crop_size:
             raise SegtuneError(f"--crop-size {self.crop_size} --stride {self.stride}: need 0 < stride <= crop size "
                                "(windows must overlap or touch)")

@@ -56,7 +56,7 @@ def check_raster_input(path: Path, settings: dict):
 
 def _window_counts(segmenter: BandSegmenter, raster, boxes) -> list[int]:
     """How many slide windows start in each tile: the progress bar counts windows, each once."""
-    from ..inference.bands import axis_windows
+    from ..inference.geometry import axis_windows
 
     def starts(size, lo, hi):
         return sum(lo <= a < hi for a, _ in axis_windows(size, segmenter.crop_size, segmenter.stride))
